@@ -1,0 +1,1 @@
+"""The `np-mirror` command: a thin Typer layer over `npclient`."""

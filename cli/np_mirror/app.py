@@ -1,0 +1,52 @@
+"""Wiring only: every command lives in its own module and calls one library function."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from . import cmd_emulator, cmd_fetch
+from .errors import handle
+
+app = typer.Typer(
+    name="np-mirror",
+    help=(
+        "Mirror Neuronpedia SAE features locally and query them offline.\n\n"
+        "Typical session: `np-mirror sync gpt2-small/0-res-jb`, then `np-mirror show "
+        "gpt2-small/0-res-jb/123` or `np-mirror sql \"select ...\"`. Set NEURONPEDIA_BASE_URL to "
+        "use another server (e.g. `np-mirror emulator`), NEURONPEDIA_API_KEY to send a key, "
+        "NP_MIRROR_HOME to move the mirror (default ~/.cache/np-mirror). NP_MIRROR_DEBUG=1 "
+        "shows tracebacks."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+app.command("fetch")(cmd_fetch.fetch)
+app.command("emulator")(cmd_emulator.emulator)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except KeyboardInterrupt:
+        print("np-mirror: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - mapped to one line, or re-raised if unknown
+        return handle(exc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""`np-mirror emulator`: a local Neuronpedia for offline work, demos and tests."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import fail
+
+
+def emulator(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (3000 is where the official client looks with USE_LOCALHOST=true; 0 picks a free one).")] = 3000,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic features (same seed, same bytes).")] = 0,
+    d_sae: Annotated[Optional[int], typer.Option("--d-sae", help="Features per SAE source [default: the emulator's catalog].")] = None,
+    latency: Annotated[float, typer.Option(help="Seconds each API request waits before answering.")] = 0.0,
+    fault_rate: Annotated[float, typer.Option("--fault-rate", help="Fraction of API requests that fail (500s, resets, truncated or malformed bodies, slow replies).")] = 0.0,
+    hole_rate: Annotated[float, typer.Option("--hole-rate", help="Fraction of feature indices that 404 forever.")] = 0.0,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Rate limit: requests per window per client IP (off unless given).")] = None,
+    window: Annotated[float, typer.Option("--window", help="Rate-limit window in seconds.")] = 3600.0,
+) -> None:
+    """Serve a Neuronpedia emulator on 127.0.0.1 until Ctrl-C.
+
+    It answers the real routes (/api/feature, /api/features, /api/model/list, ...) with
+    deterministic synthetic features, and imitates the real rate limiter and failures.
+    Point np-mirror at it with NEURONPEDIA_BASE_URL=http://127.0.0.1:PORT.
+    """
+    from npclient.testing import EmulatorConfig, EmulatorServer, FaultConfig, RateLimitConfig
+
+    config = EmulatorConfig(seed=seed, latency_s=latency, hole_rate=hole_rate, faults=FaultConfig(rate=fault_rate, seed=seed))
+    if d_sae is not None:
+        if d_sae < 1:
+            raise fail("--d-sae must be >= 1")
+        config = config.replace(sources=tuple(s if s.kind != "sae" else type(s)(s.model_id, s.source_id, d_sae=d_sae, d_in=s.d_in) for s in config.sources))
+    if limit is not None:
+        config = config.replace(rate_limit=RateLimitConfig(api_limit=limit, window_s=window))
+    try:
+        server = EmulatorServer(config, port=port).start()
+    except (OSError, RuntimeError) as exc:
+        raise fail(f"cannot serve on 127.0.0.1:{port}: {exc}")
+    typer.echo(f"Neuronpedia emulator on {server.url}  (Ctrl-C to stop)", err=True)
+    for spec in server.state.sources():
+        typer.echo(f"  {spec.model_id}/{spec.source_id}  {spec.d_sae if spec.kind == 'sae' else spec.n_vectors} {'features' if spec.kind == 'sae' else 'vectors'}", err=True)
+    typer.echo(f"  export NEURONPEDIA_BASE_URL={server.url}", err=True)
+    try:
+        while server.running:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()

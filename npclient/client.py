@@ -1,0 +1,421 @@
+"""The async Neuronpedia client: one pooled connection, paced below the server's budget.
+
+Every request goes through `_send`, the one place where pacing (`Pacer`), retries
+(`RetryPolicy`), concurrency bounds and the mapping of httpx failures onto the `NPError`
+tree happen. Tests point `base_url` at the emulator, or pass `transport=` to run it
+in-process; nothing patches httpx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Literal, Optional, Union
+
+import httpx
+import orjson
+
+from .errors import (
+    NotFound,
+    NPError,
+    NPTransportError,
+    PayloadError,
+    RateLimited,
+    status_error,
+)
+from .ids import FeatureId, FeatureIdLike, SourceSetId
+from .models import Feature, ModelInfo, SearchPage, SearchResult, SourceSetInfo, VectorInfo
+from .pacing import DEFAULT_BUDGET, DEFAULT_COOLDOWN_S, Budget, Pacer
+from .retry import RetryPolicy
+
+__all__ = [
+    "NeuronpediaClient",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_TIMEOUT",
+    "ENDPOINT_BUDGETS",
+    "FeatureResult",
+    "resolve_base_url",
+]
+
+log = logging.getLogger("npclient.client")
+
+DEFAULT_BASE_URL = "https://www.neuronpedia.org"
+DEFAULT_CONCURRENCY = 32
+#: Features per `POST /api/features`. The endpoint is unbounded server-side; a feature with
+#: 20+ activations is ~40 kB, so 25 keeps a response near 1 MB.
+DEFAULT_BATCH_SIZE = 25
+MAX_BATCH_SIZE = 200
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+#: Endpoints with their own, much tighter, per-hour buckets on Neuronpedia (90% of each).
+ENDPOINT_BUDGETS: Mapping[str, Budget] = {
+    "/api/explanation/search-all": Budget(limit=1440, window_s=3600.0, burst=10),
+    "/api/explanation/search": Budget(limit=180, window_s=3600.0, burst=5),
+    "/api/activation/new": Budget(limit=900, window_s=3600.0, burst=10),
+}
+
+FeatureResult = Union[Feature, NPError]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def resolve_base_url(base_url: Optional[str] = None) -> str:
+    """The site root, from the argument, `NEURONPEDIA_BASE_URL`, or the public site."""
+    url = (base_url or os.environ.get("NEURONPEDIA_BASE_URL") or DEFAULT_BASE_URL).strip().rstrip("/")
+    if url.endswith("/api"):  # a common slip: the root is wanted, `/api` is added per route
+        url = url[: -len("/api")]
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"base URL must start with http:// or https://, got {url!r}")
+    return url
+
+
+class NeuronpediaClient:
+    """Async client for Neuronpedia's public API.
+
+    `budget=None` turns pacing off (for a local server only); `concurrency` bounds the
+    requests in flight. The API key, from the argument or `NEURONPEDIA_API_KEY`, is sent
+    as `x-api-key` and appears in no repr, log line or error.
+    """
+
+    def __init__(
+        self,
+        base_url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        *,
+        transport: Optional[httpx.AsyncBaseTransport] = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        budget: Optional[Budget] = DEFAULT_BUDGET,
+        endpoint_budgets: Optional[Mapping[str, Budget]] = None,
+        cooldown_s: float = DEFAULT_COOLDOWN_S,
+        retry: RetryPolicy = RetryPolicy(),
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        if not 1 <= batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"batch_size must be within 1..{MAX_BATCH_SIZE}")
+        self.base_url = resolve_base_url(base_url)
+        key = api_key if api_key is not None else os.environ.get("NEURONPEDIA_API_KEY")
+        headers = {"accept": "application/json", "user-agent": "np-mirror (npclient)"}
+        if key:
+            headers["x-api-key"] = key
+        self._has_key = bool(key)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            transport=transport,
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            follow_redirects=True,
+        )
+        self.concurrency = concurrency
+        self.retry = retry
+        self.batch_size = batch_size
+        self._sleep = sleep
+        self._clock = clock
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self.pacer: Optional[Pacer] = (
+            Pacer(budget, cooldown_s=cooldown_s, clock=clock, sleep=sleep) if budget is not None else None
+        )
+        budgets = ENDPOINT_BUDGETS if endpoint_budgets is None else endpoint_budgets
+        # Longest prefix first, so `/api/explanation/search-all` is not taken for `/search`.
+        self.endpoint_pacers: dict[str, Pacer] = {
+            path: Pacer(b, cooldown_s=cooldown_s, clock=clock, sleep=sleep, name=path)
+            for path, b in sorted(budgets.items(), key=lambda kv: -len(kv[0]))
+        } if budget is not None else {}
+        self._post_supported = True
+        self.requests_sent = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"NeuronpediaClient(base_url={self.base_url!r}, api_key={'set' if self._has_key else 'unset'}, "
+            f"concurrency={self.concurrency}, pacer={self.pacer!r}, retry={self.retry!r})"
+        )
+
+    async def __aenter__(self) -> "NeuronpediaClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ---- the one request path --------------------------------------------------------------
+    def _pacers_for(self, path: str) -> list[Pacer]:
+        pacers = [self.pacer] if self.pacer is not None else []
+        for prefix, pacer in self.endpoint_pacers.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                pacers.append(pacer)
+                break
+        return pacers
+
+    async def _send(self, method: str, path: str, *, json: Any = None) -> Any:
+        """Send one API call; return its parsed JSON body or raise an `NPError`."""
+        async for attempt in self.retry.retrying(self._sleep):
+            with attempt:
+                return await self._send_once_through_cooldowns(method, path, json)
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    async def _send_once_through_cooldowns(self, method: str, path: str, json: Any) -> Any:
+        pacers = self._pacers_for(path)
+        cooldowns = 0
+        while True:
+            try:
+                async with self._semaphore, contextlib.AsyncExitStack() as stack:
+                    for pacer in pacers:
+                        await stack.enter_async_context(pacer.slot())
+                    return await self._send_once(method, path, json, pacers)
+            except RateLimited as exc:
+                target = self._pacer_for_429(pacers, exc)
+                if target is None or cooldowns >= self.retry.max_rate_limited:
+                    raise
+                cooldowns += 1
+                waited = target.on_rate_limited(exc.retry_after)
+                log.warning("429 from %s: pausing %s requests for %.0f s", path, target.name, waited)
+
+    def _pacer_for_429(self, pacers: list[Pacer], exc: RateLimited) -> Optional[Pacer]:
+        """A tight endpoint's own 429 cools that endpoint; anything else cools every request."""
+        try:
+            endpoint = orjson.loads(exc.body).get("endpoint") if exc.body else None
+        except (orjson.JSONDecodeError, AttributeError):
+            endpoint = None
+        for pacer in pacers[1:]:
+            if endpoint and str(endpoint).rstrip("/") == pacer.name:
+                return pacer
+        return pacers[0] if pacers else None
+
+    async def _send_once(self, method: str, path: str, json: Any, pacers: list[Pacer]) -> Any:
+        url = self.base_url + path
+        self.requests_sent += 1
+        try:
+            if json is None:
+                response = await self._http.request(method, path)
+            else:
+                response = await self._http.request(
+                    method, path, content=orjson.dumps(json), headers={"content-type": "application/json"}
+                )
+        except httpx.TimeoutException as exc:
+            raise NPTransportError(f"timed out ({type(exc).__name__})", url=url) from None
+        except httpx.TransportError as exc:
+            raise NPTransportError(f"{type(exc).__name__}: {exc}", url=url) from None
+        log.debug("%s %s -> %s", method, path, response.status_code)
+        if response.status_code >= 400:
+            retry_after = _retry_after(response.headers.get("retry-after"))
+            raise status_error(response.status_code, url, response.text, retry_after)
+        remaining = response.headers.get("x-limit-remaining")
+        if remaining is not None and remaining.strip().lstrip("-").isdigit() and pacers:
+            pacers[0].observe_remaining(int(remaining))
+        try:
+            return orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            raise NPTransportError(
+                f"malformed JSON body ({len(response.content)} bytes)", url=url
+            ) from None
+
+    # ---- features ------------------------------------------------------------------------
+    async def get_feature(self, feature: FeatureIdLike) -> Feature:
+        """`GET /api/feature/{model}/{source}/{index}`: the full feature, untrimmed."""
+        fid = FeatureId.coerce(feature)
+        body = await self._send("GET", f"/api/feature/{fid.model_id}/{fid.source}/{fid.index}")
+        return _feature_from_body(body, fid, self.base_url)
+
+    async def get_features(
+        self,
+        features: Iterable[FeatureIdLike],
+        *,
+        method: Literal["post", "get"] = "post",
+        max_acts: Optional[int] = None,
+    ) -> list[FeatureResult]:
+        """Many features, in input order; a feature that failed is its `NPError`, not a raise."""
+        ids = [FeatureId.coerce(f) for f in features]
+        results: dict[FeatureId, FeatureResult] = {}
+        async for fid, result in self.iter_features(ids, method=method, max_acts=max_acts):
+            results[fid] = result
+        return [results[fid] for fid in ids]
+
+    async def iter_features(
+        self,
+        features: Iterable[FeatureIdLike],
+        *,
+        method: Literal["post", "get"] = "post",
+        max_acts: Optional[int] = None,
+    ) -> AsyncIterator[tuple[FeatureId, FeatureResult]]:
+        """Yield `(id, Feature | NPError)` as they complete, at most `concurrency` at a time.
+
+        `post` batches ids into `POST /api/features` (one request for many features is far
+        kinder to the per-IP budget; its explanations come trimmed) and falls back to GET
+        for what a batch did not return; `get` uses the untrimmed single-feature endpoint.
+        """
+        ids = list(dict.fromkeys(FeatureId.coerce(f) for f in features))  # validate all first
+        size = self.batch_size if method == "post" else 1
+        batches = [ids[i : i + size] for i in range(0, len(ids), size)]
+        if not batches:
+            return
+        pending: asyncio.Queue[list[FeatureId]] = asyncio.Queue()
+        for batch in batches:
+            pending.put_nowait(batch)
+        done: asyncio.Queue[Optional[list[tuple[FeatureId, FeatureResult]]]] = asyncio.Queue()
+
+        async def worker() -> None:
+            try:
+                while True:
+                    try:
+                        batch = pending.get_nowait()
+                    except asyncio.QueueEmpty:
+                        return
+                    await done.put(await self._fetch_batch(batch, method, max_acts))
+            finally:
+                await done.put(None)
+
+        workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(batches)))]
+        try:
+            running = len(workers)
+            while running:
+                item = await done.get()
+                if item is None:
+                    running -= 1
+                    continue
+                for pair in item:
+                    yield pair
+            for task in workers:
+                task.result()  # surface a bug in a worker rather than hang or drop it
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _fetch_batch(
+        self, batch: Sequence[FeatureId], method: str, max_acts: Optional[int]
+    ) -> list[tuple[FeatureId, FeatureResult]]:
+        found: dict[FeatureId, FeatureResult] = {}
+        if method == "post" and self._post_supported:
+            try:
+                found = await self._post_features(batch, max_acts)
+            except NotFound:
+                # A deploy without the batch route: use GETs from now on.
+                self._post_supported = False
+                log.warning("POST /api/features is not available here; falling back to GET")
+            except NPError as exc:
+                log.info("POST /api/features failed (%s); fetching that batch by GET", exc)
+        missing = [fid for fid in batch if fid not in found]
+        if missing:
+            fetched = await asyncio.gather(*(self._get_or_error(fid) for fid in missing))
+            found.update(zip(missing, fetched))
+        return [(fid, found[fid]) for fid in batch]
+
+    async def _post_features(
+        self, batch: Sequence[FeatureId], max_acts: Optional[int]
+    ) -> dict[FeatureId, FeatureResult]:
+        body = []
+        for fid in batch:
+            item: dict[str, Any] = {"modelId": fid.model_id, "layer": fid.source, "index": fid.index}
+            if max_acts is not None:
+                item["maxActsToReturn"] = max_acts
+            body.append(item)
+        items = await self._send("POST", "/api/features", json=body)
+        if not isinstance(items, list):
+            raise NPTransportError("POST /api/features did not return a list", url=self.base_url + "/api/features")
+        wanted = set(batch)
+        out: dict[FeatureId, FeatureResult] = {}
+        for raw in items:
+            if not isinstance(raw, dict):
+                continue
+            try:
+                feature = Feature.from_raw(raw)
+            except ValueError:
+                continue  # a malformed item is fetched again by GET
+            if feature.id in wanted:
+                out[feature.id] = feature
+        return out
+
+    async def _get_or_error(self, fid: FeatureId) -> FeatureResult:
+        try:
+            return await self.get_feature(fid)
+        except NPError as exc:
+            return exc
+
+    # ---- listings, search, vectors ---------------------------------------------------------
+    async def list_models(self) -> list[ModelInfo]:
+        """`POST /api/model/list`: every model with its source sets and sources."""
+        body = await self._send("POST", "/api/model/list", json={})
+        if not isinstance(body, list):
+            raise NPTransportError("model list is not a list", url=self.base_url + "/api/model/list")
+        return [ModelInfo.model_validate(m) for m in body if isinstance(m, dict)]
+
+    async def get_source_set(self, model_id: str, set_name: Optional[str] = None) -> Optional[SourceSetInfo]:
+        """`GET /api/source-set/{model}/{set}`; `None` when Neuronpedia has no such set."""
+        sid = SourceSetId.parse(model_id) if set_name is None else SourceSetId(model_id, set_name)
+        try:
+            body = await self._send("GET", f"/api/source-set/{sid.model_id}/{sid.set_name}")
+        except NotFound:
+            return None
+        return SourceSetInfo.model_validate(body) if isinstance(body, dict) else None
+
+    async def search_explanations(
+        self,
+        model_id: str,
+        layers: Sequence[str],
+        query: str,
+        *,
+        max_results: Optional[int] = 100,
+    ) -> list[SearchResult]:
+        """Semantic search over explanations, following pages (20 each) up to `max_results`.
+
+        The endpoint has its own small budget (200/h on Neuronpedia), so pages are paced
+        separately from feature fetches.
+        """
+        results: list[SearchResult] = []
+        offset = 0
+        while max_results is None or len(results) < max_results:
+            body = await self._send(
+                "POST",
+                "/api/explanation/search",
+                json={"modelId": model_id, "layers": list(layers), "query": query, "offset": offset},
+            )
+            page = SearchPage.model_validate(body)
+            results.extend(page.results)
+            if not page.has_more or not page.results or page.next_offset is None or page.next_offset <= offset:
+                break
+            offset = page.next_offset
+        return results if max_results is None else results[:max_results]
+
+    async def get_vector(self, model_id: str, source: str, index: int | str) -> VectorInfo:
+        """`POST /api/vector/get`: a stored vector (steering vectors; SAE features have none)."""
+        fid = FeatureId(model_id, source, index)  # type: ignore[arg-type]
+        body = await self._send(
+            "POST", "/api/vector/get", json={"modelId": fid.model_id, "source": fid.source, "index": str(fid.index)}
+        )
+        vector = body.get("vector") if isinstance(body, dict) else None
+        if not isinstance(vector, dict):
+            raise NotFound(404, self.base_url + "/api/vector/get", f"no stored vector for {fid}")
+        return VectorInfo.model_validate(vector)
+
+
+def _feature_from_body(body: Any, fid: FeatureId, base_url: str) -> Feature:
+    url = f"{base_url}/api/feature/{fid.model_id}/{fid.source}/{fid.index}"
+    if not isinstance(body, dict):
+        # Neuronpedia answers an unknown feature with 404, but some deploys send `null`.
+        if body is None:
+            raise NotFound(404, url, "null body")
+        raise NPTransportError("feature body is not a JSON object", url=url)
+    try:
+        return Feature.from_raw(body)
+    except ValueError as exc:
+        raise PayloadError(f"unparseable feature at {url}: {str(exc)[:200]}") from None
+
+
+def _retry_after(value: Optional[str]) -> Optional[float]:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

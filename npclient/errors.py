@@ -1,0 +1,130 @@
+"""One error tree for everything npclient raises, so callers catch `NPError` and nothing else.
+
+    NPError
+    ├── InvalidIdError            malformed feature/source id (raised before any request)
+    ├── NPTransportError          connect/read errors, timeouts, truncated or malformed bodies  [retried]
+    ├── APIStatusError            the server answered with an error status
+    │   ├── BadRequest (400)      never retried
+    │   ├── Unauthorized (401)    never retried
+    │   ├── NotFound (404)        never retried
+    │   ├── RateLimited (429)     handed to the Pacer as a cooldown, not a backoff
+    │   └── ServerError (5xx)     [retried]
+    ├── PayloadError              a well-formed body we cannot understand (schema drift)     [not retried]
+    ├── StoreError                the local mirror could not be read or written
+    │   ├── NotAMirrorError       a --db file that is not an np-mirror database
+    │   └── MirrorBusyError       another process holds the database for too long
+    └── WeightsError              SAE weights missing, malformed or not matching the source
+
+Messages never contain the API key: errors carry the URL and a clipped body only.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "NPError",
+    "InvalidIdError",
+    "NPTransportError",
+    "APIStatusError",
+    "BadRequest",
+    "Unauthorized",
+    "NotFound",
+    "RateLimited",
+    "ServerError",
+    "PayloadError",
+    "StoreError",
+    "NotAMirrorError",
+    "MirrorBusyError",
+    "WeightsError",
+    "status_error",
+]
+
+_BODY_CLIP = 300
+
+
+class NPError(Exception):
+    """Root of every error npclient raises."""
+
+
+class InvalidIdError(NPError, ValueError):
+    """A feature, source or source-set id that cannot be valid."""
+
+
+class NPTransportError(NPError):
+    """The request did not produce a usable response; safe to retry."""
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        super().__init__(message if url is None else f"{message} ({url})")
+        self.url = url
+
+
+class APIStatusError(NPError):
+    """The server answered with an error status."""
+
+    status_code: int = 0
+
+    def __init__(self, status_code: int, url: str, body: str = "") -> None:
+        self.status_code = status_code
+        self.url = url
+        self.body = body
+        clipped = body if len(body) <= _BODY_CLIP else body[:_BODY_CLIP] + "…"
+        clipped = clipped.replace("\n", " ").strip()
+        super().__init__(f"HTTP {status_code} for {url}" + (f": {clipped}" if clipped else ""))
+
+
+class BadRequest(APIStatusError):
+    pass
+
+
+class Unauthorized(APIStatusError):
+    pass
+
+
+class NotFound(APIStatusError):
+    pass
+
+
+class RateLimited(APIStatusError):
+    """HTTP 429. `retry_after` is set only when the server sent a `Retry-After` header."""
+
+    def __init__(self, status_code: int, url: str, body: str = "", retry_after: float | None = None):
+        super().__init__(status_code, url, body)
+        self.retry_after = retry_after
+
+
+class ServerError(APIStatusError):
+    pass
+
+
+class PayloadError(NPError):
+    """Valid JSON that does not have the shape of the payload asked for."""
+
+
+class StoreError(NPError):
+    """The local mirror could not be opened, read or written."""
+
+
+class NotAMirrorError(StoreError):
+    pass
+
+
+class MirrorBusyError(StoreError):
+    pass
+
+
+class WeightsError(NPError):
+    pass
+
+
+def status_error(status_code: int, url: str, body: str = "", retry_after: float | None = None) -> APIStatusError:
+    """Map a status code to its exception class (the one place this mapping lives)."""
+    if status_code == 429:
+        return RateLimited(status_code, url, body, retry_after)
+    if status_code == 404:
+        return NotFound(status_code, url, body)
+    if status_code == 401 or status_code == 403:
+        return Unauthorized(status_code, url, body)
+    if status_code >= 500:
+        return ServerError(status_code, url, body)
+    if status_code >= 400:
+        return BadRequest(status_code, url, body)
+    return APIStatusError(status_code, url, body)
