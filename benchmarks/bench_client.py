@@ -144,6 +144,43 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields_[11]) + int(fields_[12])) / CLIENT_TICKS  # utime, stime
 
 
+def system_cpu_s() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine so far, from /proc/stat."""
+    try:
+        parts = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return float("nan"), float("nan")
+    v = [int(x) for x in parts] + [0] * 10
+    user, nice, system, _idle, _iowait, irq, softirq, steal = v[:8]
+    return (user + nice + system + irq + softirq) / CLIENT_TICKS, steal / CLIENT_TICKS
+
+
+class Meter:
+    """CPU seconds of this process (the client), of the emulator process, and of everything else.
+
+    `foreign_cpu_s` is what other processes on the machine burnt meanwhile (this machine is
+    shared: a busy neighbour takes cores from the client and the server); `steal_s` is time the
+    hypervisor gave to other guests.
+    """
+
+    def __init__(self, server_pid: int) -> None:
+        self.pid = server_pid
+
+    def __enter__(self) -> "Meter":
+        self.load_before = Path("/proc/loadavg").read_text().split()[0]
+        self._c, self._s, (self._b, self._st) = time.process_time(), proc_cpu_s(self.pid), system_cpu_s()
+        self._t = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall_s = time.perf_counter() - self._t
+        self.client_cpu_s = time.process_time() - self._c
+        self.server_cpu_s = proc_cpu_s(self.pid) - self._s
+        busy, steal = system_cpu_s()
+        self.foreign_cpu_s = max(0.0, busy - self._b - self.client_cpu_s - self.server_cpu_s)
+        self.steal_s = steal - self._st
+
+
 @dataclass
 class Emulator:
     url: str
@@ -221,6 +258,7 @@ class Run:
     errors: int
     client_cpu_s: float
     server_cpu_s: float
+    foreign_cpu_s: float
     statuses: dict[str, int]
 
     @property
@@ -245,23 +283,18 @@ async def _client_fetch(url: str, ids: list[FeatureId], concurrency: int) -> tup
 def run_client_get(emu: Emulator, n: int, concurrency: int, time_limit_s: float) -> Run:
     emu.reset()
     ids = [FeatureId(MODEL, SOURCE, i) for i in range(n)]
-    cpu0, srv0 = time.process_time(), emu.cpu_s()
-    t0 = time.perf_counter()
-    ok, errors = asyncio.run(asyncio.wait_for(_client_fetch(emu.url, ids, concurrency), time_limit_s))
-    wall = time.perf_counter() - t0
-    cpu, srv = time.process_time() - cpu0, emu.cpu_s() - srv0
-    return Run(f"NeuronpediaClient GET, concurrency {concurrency}", n, wall, ok, errors, cpu, srv,
-               status_counts(emu.log()))
+    with Meter(emu.proc.pid) as m:
+        ok, errors = asyncio.run(asyncio.wait_for(_client_fetch(emu.url, ids, concurrency), time_limit_s))
+    return Run(f"NeuronpediaClient GET, concurrency {concurrency}", n, m.wall_s, ok, errors, m.client_cpu_s,
+               m.server_cpu_s, m.foreign_cpu_s, status_counts(emu.log()))
 
 
 def run_sequential_httpx(emu: Emulator, n: int, time_limit_s: float) -> Run:
     """The official client's pattern: one blocking request at a time, `json.loads` each body."""
     emu.reset()
     ok = errors = done = 0
-    cpu0, srv0 = time.process_time(), emu.cpu_s()
-    t0 = time.perf_counter()
     deadline = time.monotonic() + time_limit_s
-    with httpx.Client(timeout=30.0) as http:
+    with Meter(emu.proc.pid) as m, httpx.Client(timeout=30.0) as http:
         for i in range(n):
             if time.monotonic() > deadline:
                 break
@@ -271,9 +304,8 @@ def run_sequential_httpx(emu: Emulator, n: int, time_limit_s: float) -> Run:
                 ok += 1
             else:
                 errors += 1
-    wall = time.perf_counter() - t0
-    cpu, srv = time.process_time() - cpu0, emu.cpu_s() - srv0
-    return Run("sequential httpx.Client + json.loads", done, wall, ok, errors, cpu, srv, status_counts(emu.log()))
+    return Run("sequential httpx.Client + json.loads", done, m.wall_s, ok, errors, m.client_cpu_s, m.server_cpu_s,
+               m.foreign_cpu_s, status_counts(emu.log()))
 
 
 # --------------------------------------------------------------------------- part (b)
@@ -299,6 +331,7 @@ class PacedRun:
     achieved: float
     client_cpu_s: float
     server_cpu_s: float
+    foreign_cpu_s: float
 
 
 def max_in_sliding_window(times: list[float], window: float) -> int:
@@ -341,9 +374,8 @@ def run_paced(
                           max_lifetime_s=run_s + 300) as emu:
         budget = Budget(limit=rate, window_s=window_s, burst=burst)
         ids = [FeatureId(MODEL, SOURCE, i) for i in range(requested)]
-        cpu0, srv0 = time.process_time(), emu.cpu_s()
-        sent, wall = asyncio.run(_paced_fetch(emu.url, ids, budget, cooldown_s, run_s))
-        cpu, srv = time.process_time() - cpu0, emu.cpu_s() - srv0
+        with Meter(emu.proc.pid) as m:
+            sent, wall = asyncio.run(_paced_fetch(emu.url, ids, budget, cooldown_s, run_s))
         log = emu.log()
     if not log:
         raise RuntimeError("the emulator logged no request")
@@ -366,7 +398,8 @@ def run_paced(
         latency_s=latency_s, requested=requested, client_sent=sent, client_wall_s=wall, ok_in_span=len(in_span),
         n429=n429, other_errors=other, per_window=per_window,
         max_sliding=max_in_sliding_window(ok_times, window_s),
-        achieved=len(in_span) / (span / window_s) / rate, client_cpu_s=cpu, server_cpu_s=srv,
+        achieved=len(in_span) / (span / window_s) / rate, client_cpu_s=m.client_cpu_s, server_cpu_s=m.server_cpu_s,
+        foreign_cpu_s=m.foreign_cpu_s,
     )
 
 
@@ -427,16 +460,20 @@ def main(argv: Optional[list[str]] = None) -> int:
             seq_run = run_sequential_httpx(emu, n, time_limit_s=seq_limit)
         runs = [client_run, seq_run]
         print(table(
-            ["run", "features", "ok", "errors", "wall s", "req/s", "client CPU s", "server CPU s", "server statuses"],
+            ["run", "features", "ok", "errors", "wall s", "req/s", "client CPU s", "client CPU ms/req",
+             "server CPU s", "other procs CPU s", "server statuses"],
             [[r.name, str(r.n), str(r.ok), str(r.errors), f"{r.wall_s:.2f}", f"{r.rps:.1f}",
-              f"{r.client_cpu_s:.2f}", f"{r.server_cpu_s:.2f}", json.dumps(r.statuses)] for r in runs],
+              f"{r.client_cpu_s:.2f}", f"{r.client_cpu_s / max(r.n, 1) * 1e3:.2f}", f"{r.server_cpu_s:.2f}",
+              f"{r.foreign_cpu_s:.2f}", json.dumps(r.statuses)] for r in runs],
         ))
         ratio = client_run.rps / seq_run.rps
         ceiling = min(args.concurrency, n) * 1.0 / max(args.latency, 1e-9)
         print(f"ratio client/sequential (req/s): {ratio:.1f}x   (goal >= 20x: {'met' if ratio >= 20 else 'MISSED'})")
         print(f"latency-bound ceiling at concurrency {args.concurrency}: {ceiling:.0f} req/s; client reached "
-              f"{client_run.rps / ceiling:.0%} of it; client+server CPU {client_run.client_cpu_s + client_run.server_cpu_s:.1f} s "
-              f"in {client_run.wall_s:.1f} s wall on {os.cpu_count()} cores")
+              f"{client_run.rps / ceiling:.0%} of it. The client's event loop (one thread) was busy "
+              f"{client_run.client_cpu_s / client_run.wall_s:.0%} of the wall time, the server "
+              f"{client_run.server_cpu_s / client_run.wall_s:.0%}, other processes {client_run.foreign_cpu_s / client_run.wall_s:.0%} "
+              f"(of one core; {os.cpu_count()} cores)")
         if emu.stats_end:
             print(f"emulator payload cache: start {emu.stats_start}, end {emu.stats_end}")
         print()
@@ -457,8 +494,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         ))
         print(f"achieved/R = {p.achieved:.3f} (goal >= 0.9: {'met' if p.achieved >= 0.9 else 'MISSED'}); "
               f"429s = {p.n429} (goal 0: {'met' if p.n429 == 0 else 'MISSED'}); client cooldown after a 429: "
-              f"{p.cooldown_s:g} s; CPU client {p.client_cpu_s:.1f} s, server {p.server_cpu_s:.1f} s "
-              f"over {p.client_wall_s:.1f} s")
+              f"{p.cooldown_s:g} s; CPU client {p.client_cpu_s:.1f} s, server {p.server_cpu_s:.1f} s, "
+              f"other processes {p.foreign_cpu_s:.1f} s over {p.client_wall_s:.1f} s")
         report["b"] = p.__dict__
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))

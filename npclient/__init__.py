@@ -17,10 +17,12 @@ from .errors import (
     NPError,
     NPTransportError,
     PayloadError,
+    QueryError,
     RateLimited,
     ServerError,
     StoreError,
     Unauthorized,
+    UnknownSourceError,
     WeightsError,
 )
 from .ids import FeatureId, SourceId, SourceSetId
@@ -40,6 +42,22 @@ from .retry import RetryPolicy
 
 __version__ = "0.1.0"
 
+_LAZY = {"Mirror": "npclient.mirror"}  # DuckDB and Arrow load on first use, not on import
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'npclient' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 __all__ = sorted(
     [
         "APIStatusError",
@@ -52,6 +70,7 @@ __all__ = sorted(
         "Feature",
         "FeatureId",
         "InvalidIdError",
+        "Mirror",
         "MirrorBusyError",
         "ModelInfo",
         "NPError",
@@ -61,6 +80,7 @@ __all__ = sorted(
         "NotFound",
         "Pacer",
         "PayloadError",
+        "QueryError",
         "RateLimited",
         "RetryPolicy",
         "SearchResult",
@@ -71,6 +91,7 @@ __all__ = sorted(
         "SourceSetInfo",
         "StoreError",
         "Unauthorized",
+        "UnknownSourceError",
         "VectorInfo",
         "WeightsError",
     ]

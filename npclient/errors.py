@@ -2,6 +2,7 @@
 
     NPError
     ├── InvalidIdError            malformed feature/source id (raised before any request)
+    │   └── UnknownSourceError    a well-formed source or set that the server does not have
     ├── NPTransportError          connect/read errors, timeouts, truncated or malformed bodies  [retried]
     ├── APIStatusError            the server answered with an error status
     │   ├── BadRequest (400)      never retried
@@ -12,7 +13,8 @@
     ├── PayloadError              a well-formed body we cannot understand (schema drift)     [not retried]
     ├── StoreError                the local mirror could not be read or written
     │   ├── NotAMirrorError       a --db file that is not an np-mirror database
-    │   └── MirrorBusyError       another process holds the database for too long
+    │   ├── MirrorBusyError       another process holds the database for too long
+    │   └── QueryError            SQL that DuckDB rejected (syntax, unknown column, a write when read-only)
     └── WeightsError              SAE weights missing, malformed or not matching the source
 
 Messages never contain the API key: errors carry the URL and a clipped body only.
@@ -23,6 +25,7 @@ from __future__ import annotations
 __all__ = [
     "NPError",
     "InvalidIdError",
+    "UnknownSourceError",
     "NPTransportError",
     "APIStatusError",
     "BadRequest",
@@ -34,6 +37,7 @@ __all__ = [
     "StoreError",
     "NotAMirrorError",
     "MirrorBusyError",
+    "QueryError",
     "WeightsError",
     "status_error",
 ]
@@ -47,6 +51,10 @@ class NPError(Exception):
 
 class InvalidIdError(NPError, ValueError):
     """A feature, source or source-set id that cannot be valid."""
+
+
+class UnknownSourceError(InvalidIdError):
+    """A source or source set that the server does not have."""
 
 
 class NPTransportError(NPError):
@@ -108,6 +116,10 @@ class NotAMirrorError(StoreError):
 
 
 class MirrorBusyError(StoreError):
+    pass
+
+
+class QueryError(StoreError):
     pass
 
 

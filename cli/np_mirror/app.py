@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from . import cmd_emulator, cmd_fetch
+from . import cmd_demo, cmd_emulator, cmd_fetch, cmd_read, cmd_sync
 from .errors import handle
 
 app = typer.Typer(
@@ -25,8 +25,14 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+app.command("sync")(cmd_sync.sync)
+app.command("status")(cmd_read.status)
+app.command("show")(cmd_read.show)
+app.command("sql")(cmd_read.sql)
+app.command("sources")(cmd_read.sources)
 app.command("fetch")(cmd_fetch.fetch)
 app.command("emulator")(cmd_emulator.emulator)
+app.command("demo")(cmd_demo.demo)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,17 +17,20 @@ from npclient.errors import (
     NotAMirrorError,
     NPError,
     NPTransportError,
+    QueryError,
     StoreError,
+    UnknownSourceError,
     WeightsError,
 )
-
 EXIT_OK = 0
 EXIT_FAILURES = 1
 EXIT_BAD_INPUT = 2
 
 #: (exception type, exit code, prefix), most specific first.
 CLI_ERROR_MAPPINGS: list[tuple[type[BaseException], int, str]] = [
+    (UnknownSourceError, EXIT_BAD_INPUT, "unknown source"),
     (InvalidIdError, EXIT_BAD_INPUT, "invalid id"),
+    (QueryError, EXIT_BAD_INPUT, "SQL error"),
     (NotAMirrorError, EXIT_BAD_INPUT, "not a mirror"),
     (MirrorBusyError, EXIT_FAILURES, "mirror busy"),
     (StoreError, EXIT_FAILURES, "mirror error"),

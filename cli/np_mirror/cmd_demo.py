@@ -1,0 +1,79 @@
+"""`np-mirror demo`: the main job, offline, on the bundled emulator."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .output import Format, hint, rows_out
+
+
+def demo(
+    db: Annotated[Optional[Path], typer.Option("--db", help="Where to build the demo mirror [default: $NP_MIRROR_HOME/demo.duckdb].", show_default=False)] = None,
+    fault_rate: Annotated[float, typer.Option("--fault-rate", help="Failures the emulator injects while the demo syncs.")] = 0.05,
+) -> None:
+    """Start the Neuronpedia emulator, sync a source set into a mirror, then read it back offline.
+
+    Nothing leaves this machine: the emulator serves on 127.0.0.1 with realistic payloads,
+    its rate limiter and injected failures.
+    """
+    from npclient import NeuronpediaClient, RetryPolicy
+    from npclient.ids import SourceSetId
+    from npclient.metacache import MetaCache
+    from npclient.mirror import Mirror
+    from npclient.pacing import Budget
+    from npclient.paths import home
+    from npclient.sync import run_sync
+    from npclient.testing import EmulatorConfig, EmulatorServer, FaultConfig, RateLimitConfig
+
+    from .feature_view import render_feature
+    from .progress import SyncDisplay
+
+    path = db or home() / "demo.duckdb"
+    config = EmulatorConfig(
+        hole_rate=0.01,
+        faults=FaultConfig(rate=fault_rate, seed=1, slow_s=2.0),
+        rate_limit=RateLimitConfig(api_limit=600, window_s=60.0),
+    )
+    target = SourceSetId("gpt2-small", "res-jb")
+    with EmulatorServer(config) as server, Mirror(path, linger_s=0) as mirror:
+        hint(f"1. Neuronpedia emulator on {server.url} (faults {fault_rate:.0%}, 600 requests/min limit)")
+        hint(f"2. np-mirror sync {target} --db {path}")
+
+        async def run_once():
+            client = NeuronpediaClient(server.url, budget=Budget(limit=540, window_s=60.0, burst=20),
+                                       retry=RetryPolicy(initial_wait_s=0.05, max_wait_s=1.0))
+            async with client:
+                with SyncDisplay() as display:
+                    summary = await run_sync([target], db=mirror.db, client=client, meta=MetaCache(enabled=False),
+                                             progress=display.update)
+                display.summary(summary)
+                return summary
+
+        first = asyncio.run(run_once())
+        hint("3. Rerun: only what is missing is asked for")
+        second = asyncio.run(run_once())
+        hint(f"   first run {first.requests} requests, rerun {second.requests} requests")
+        hint("4. np-mirror status")
+        rows_out(mirror.status(), Format.table, ["source", "present", "total", "activations", "explanations", "failed", "origins"])
+        monday = mirror.sql(
+            "SELECT feature_key FROM features WHERE top_explanation = 'Monday' ORDER BY feature_key LIMIT 1"
+        ).column("feature_key").to_pylist()
+        if monday:
+            hint(f"5. np-mirror show {monday[0]}")
+            render_feature(mirror.feature(monday[0]), 3)
+        hint("6. np-mirror sql: the days-of-the-week features and their decoder neighbours")
+        rows_out(
+            mirror.sql(
+                """SELECT feature_key, top_explanation, round(max_act_approx, 2) AS max_act,
+                          topk_cos_sim_indices[2:4] AS nearest
+                   FROM features WHERE top_explanation IN ('Monday','Tuesday','Wednesday','Thursday','Friday','Saturday','Sunday')
+                   ORDER BY source, "index\""""
+            ).to_pylist(),
+            Format.table,
+        )
+        hint(f"Done. The mirror is at {path}; query it with `np-mirror sql --db {path} \"...\"`.")
+    raise typer.Exit(0)

@@ -1,0 +1,26 @@
+"""Small helpers the commands share: opening the mirror, building a client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from .output import hint
+
+
+def open_mirror(db: Optional[Path], *, read_only: bool, linger_s: float = 0.0):
+    from npclient.mirror import Mirror
+
+    return Mirror(db, read_only=read_only, linger_s=linger_s, on_wait=lambda msg: hint(f"np-mirror: {msg}"))
+
+
+def make_client(base_url: Optional[str], rate: Optional[float], concurrency: int):
+    from npclient import NeuronpediaClient
+    from npclient.pacing import DEFAULT_BUDGET, Budget
+
+    if rate is not None and rate <= 0:
+        raise ValueError("--rate must be > 0")
+    if concurrency < 1:
+        raise ValueError("--concurrency must be >= 1")
+    budget = Budget.per_second(rate) if rate is not None else DEFAULT_BUDGET
+    return NeuronpediaClient(base_url, budget=budget, concurrency=concurrency)

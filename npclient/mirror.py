@@ -1,0 +1,89 @@
+"""`Mirror`: the researcher's handle on the local database.
+
+It reads what `sync` wrote: `feature(id)` gives back the same `Feature` the client returned,
+with `.raw` equal to what the server sent; `features(source)` and `sql(...)` give Arrow
+tables. The file is opened per use and released after `linger_s` of idleness (see
+`store/database.py`), so a sync in another process can still write between reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import duckdb
+import pyarrow as pa
+
+from .errors import QueryError
+from .ids import FeatureId, FeatureIdLike, SourceId
+from .models import Feature
+from .store import rawblob
+from .store.catalog import status_rows
+from .store.database import Database
+from .store.writer import feature_key
+
+__all__ = ["Mirror"]
+
+
+class Mirror:
+    """The local mirror at `path` (default `$NP_MIRROR_HOME/mirror.duckdb`)."""
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        read_only: bool = False,
+        wait_s: float = 120.0,
+        linger_s: float = 1.0,
+        on_wait: Optional[Callable[[str], None]] = None,
+    ) -> None:
+        self.db = Database(path, read_only=read_only, wait_s=wait_s, linger_s=linger_s, on_wait=on_wait)
+
+    @property
+    def path(self) -> Path:
+        return self.db.path
+
+    def __repr__(self) -> str:
+        return f"Mirror(path={str(self.path)!r}, read_only={self.db.read_only})"
+
+    def __enter__(self) -> "Mirror":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ---- features ----------------------------------------------------------------------
+    def feature(self, feature: FeatureIdLike) -> Optional[Feature]:
+        """The stored feature, as the client returned it; `None` if the mirror lacks it."""
+        fid = FeatureId.coerce(feature)
+        with self.db.connect() as cur:
+            chunks = cur.execute(
+                "SELECT chunk FROM raw_chunks WHERE feature_key = ? ORDER BY seq", [feature_key(fid)]
+            ).fetchall()
+        if not chunks:
+            return None
+        return Feature.from_raw(rawblob.unpack(c[0] for c in chunks))
+
+    def features(self, source: SourceId | str, columns: Optional[Sequence[str]] = None) -> pa.Table:
+        """One row per stored feature of `source`, in index order, as an Arrow table."""
+        sid = source if isinstance(source, SourceId) else SourceId.parse(source)
+        select = "*" if not columns else ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
+        return self.sql(
+            f'SELECT {select} FROM features WHERE model_id = ? AND source = ? ORDER BY "index"',
+            [sid.model_id, sid.source],
+        )
+
+    def sql(self, query: str, params: Optional[Sequence[Any]] = None) -> pa.Table:
+        """Run SQL on the mirror and return Arrow (`?` placeholders take `params`)."""
+        with self.db.connect() as cur:
+            try:
+                return cur.sql(query, params=list(params) if params is not None else None).to_arrow_table()
+            except duckdb.Error as exc:
+                raise QueryError(str(exc).strip().splitlines()[0]) from None
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per source: features present / total, activations, explanations, failures, last fetch."""
+        return status_rows(self.db)

@@ -1,0 +1,105 @@
+"""What the mirror knows about models and sources, and how complete each source is."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import orjson
+
+from ..ids import SourceId
+from ..models import ModelInfo, SourceInfo
+from .database import Database
+
+
+def save_models(db: Database, models: list[ModelInfo]) -> None:
+    with db.transaction() as cur:
+        for m in models:
+            cur.execute(
+                """INSERT INTO models (model_id, display_name, layers, dimension, raw, updated_at)
+                   VALUES (?, ?, ?, ?, ?, current_timestamp)
+                   ON CONFLICT (model_id) DO UPDATE SET display_name = excluded.display_name,
+                     layers = excluded.layers, dimension = excluded.dimension, raw = excluded.raw,
+                     updated_at = now()""",
+                [m.id, m.display_name, m.layers, m.dimension, orjson.dumps(m.model_dump(by_alias=True, exclude={"source_sets"})).decode()],
+            )
+
+
+def save_source(
+    db: Database, sid: SourceId, info: Optional[SourceInfo], feature_count: Optional[int], count_origin: Optional[str]
+) -> None:
+    """Record a source; a known feature count is never replaced by an unknown one."""
+    cfg = (info.saelens_config or {}) if info else {}
+    raw = orjson.dumps(info.model_dump(by_alias=True)).decode() if info else None
+    with db.transaction() as cur:
+        cur.execute(
+            """INSERT INTO sources (model_id, source, set_name, feature_count, count_origin, saelens_release,
+                                    saelens_sae_id, hook_name, raw, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, current_timestamp)
+               ON CONFLICT (model_id, source) DO UPDATE SET
+                 set_name = excluded.set_name,
+                 feature_count = coalesce(excluded.feature_count, sources.feature_count),
+                 count_origin = CASE WHEN excluded.feature_count IS NULL THEN sources.count_origin ELSE excluded.count_origin END,
+                 saelens_release = coalesce(excluded.saelens_release, sources.saelens_release),
+                 saelens_sae_id = coalesce(excluded.saelens_sae_id, sources.saelens_sae_id),
+                 hook_name = coalesce(excluded.hook_name, sources.hook_name),
+                 raw = coalesce(excluded.raw, sources.raw),
+                 updated_at = now()""",
+            [sid.model_id, sid.source, sid.set_name, feature_count, count_origin,
+             info.saelens_release if info else None, info.saelens_sae_id if info else None,
+             cfg.get("hook_name") if isinstance(cfg, dict) else None, raw],
+        )
+
+
+def stored_feature_count(db: Database, sid: SourceId) -> Optional[int]:
+    with db.connect() as cur:
+        rows = cur.execute(
+            "SELECT feature_count FROM sources WHERE model_id = ? AND source = ?", [sid.model_id, sid.source]
+        ).fetchall()
+    return rows[0][0] if rows else None
+
+
+def present_indices(db: Database, sid: SourceId, start: int, stop: int) -> set[int]:
+    with db.connect() as cur:
+        rows = cur.execute(
+            'SELECT "index" FROM features WHERE model_id = ? AND source = ? AND "index" >= ? AND "index" < ?',
+            [sid.model_id, sid.source, start, stop],
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def permanent_failures(db: Database, sid: SourceId, start: int, stop: int) -> set[int]:
+    with db.connect() as cur:
+        rows = cur.execute(
+            'SELECT "index" FROM failures WHERE model_id = ? AND source = ? AND permanent AND "index" >= ? AND "index" < ?',
+            [sid.model_id, sid.source, start, stop],
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+STATUS_SQL = """
+WITH f AS (
+    SELECT model_id, source, count(*) AS present, sum(n_activations) AS activations,
+           sum(n_explanations) AS explanations, max(fetched_at) AS last_fetched,
+           string_agg(DISTINCT origin, ',' ORDER BY origin) AS origins
+    FROM features GROUP BY ALL
+), fl AS (
+    SELECT model_id, source, count(*) AS failed FROM failures GROUP BY ALL
+), keys AS (
+    SELECT model_id, source FROM sources UNION SELECT model_id, source FROM f UNION SELECT model_id, source FROM fl
+)
+SELECT k.model_id || '/' || k.source AS source, coalesce(f.present, 0) AS present, s.feature_count AS total,
+       coalesce(f.activations, 0) AS activations, coalesce(f.explanations, 0) AS explanations,
+       coalesce(fl.failed, 0) AS failed, f.origins AS origins, f.last_fetched AS last_fetched
+FROM keys k
+LEFT JOIN sources s USING (model_id, source)
+LEFT JOIN f USING (model_id, source)
+LEFT JOIN fl USING (model_id, source)
+ORDER BY k.model_id, try_cast(split_part(k.source, '-', 1) AS INTEGER), k.source
+"""
+
+
+def status_rows(db: Database) -> list[dict[str, Any]]:
+    with db.connect() as cur:
+        result = cur.execute(STATUS_SQL)
+        cols = [d[0] for d in result.description]
+        return [dict(zip(cols, row)) for row in result.fetchall()]

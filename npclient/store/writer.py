@@ -1,0 +1,205 @@
+"""Batched, idempotent writes: one batch of features is one transaction.
+
+A batch replaces every row of its features (features, activations, explanations, raw
+chunks) and clears their failures, so rerunning it never duplicates anything, and a
+process killed mid-batch leaves the previous state untouched. Rows go in as Arrow tables
+registered on the cursor and inserted with one statement per table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import orjson
+import pyarrow as pa
+
+from ..ids import FeatureId
+from ..models import Feature
+from . import rawblob
+from .database import Database
+from .schema import COLUMNS
+
+__all__ = ["FeatureRow", "FailureRow", "write_batch", "feature_key", "arrow_schema", "PARTS"]
+
+PARTS = ("features", "activations", "explanations")
+
+_ARROW = {
+    "VARCHAR": pa.string(),
+    "INTEGER": pa.int32(),
+    "BIGINT": pa.int64(),
+    "DOUBLE": pa.float64(),
+    "BOOLEAN": pa.bool_(),
+    "TIMESTAMP": pa.timestamp("us"),
+    "JSON": pa.string(),
+    "INTEGER[]": pa.list_(pa.int32()),
+    "DOUBLE[]": pa.list_(pa.float64()),
+    "VARCHAR[]": pa.list_(pa.string()),
+}
+
+
+def arrow_schema(table: str) -> pa.Schema:
+    return pa.schema([pa.field(name, _ARROW[sql.replace(" NOT NULL", "")]) for name, sql in COLUMNS[table]])
+
+
+def feature_key(fid: FeatureId) -> str:
+    return f"{fid.model_id}/{fid.source}/{fid.index}"
+
+
+@dataclass(frozen=True)
+class FeatureRow:
+    feature: Feature
+    origin: str  # get | post | export
+
+
+@dataclass(frozen=True)
+class FailureRow:
+    fid: FeatureId
+    reason: str
+    status_code: Optional[int]
+    message: str
+    permanent: bool
+
+
+def _floats(values: Sequence[Any]) -> list[Optional[float]]:
+    return [None if v is None else float(v) for v in values]
+
+
+def _ints(values: Sequence[Any]) -> list[Optional[int]]:
+    return [None if v is None else int(v) for v in values]
+
+
+def _columns(table: str, rows: list[dict[str, Any]]) -> pa.Table:
+    schema = arrow_schema(table)
+    return pa.Table.from_pydict({f.name: [r.get(f.name) for r in rows] for f in schema}, schema=schema)
+
+
+def build_tables(rows: Sequence[FeatureRow], parts: Iterable[str], run_id: Optional[int]) -> dict[str, pa.Table]:
+    parts = set(parts)
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    feats: list[dict[str, Any]] = []
+    acts: list[dict[str, Any]] = []
+    expls: list[dict[str, Any]] = []
+    raw_keys: list[str] = []
+    raw_seq: list[int] = []
+    raw_chunks: list[bytes] = []
+    for row in rows:
+        f = row.feature
+        key = feature_key(f.id)
+        base = {"feature_key": key, "model_id": f.model_id, "source": f.layer, "index": f.index, "origin": row.origin}
+        feats.append(
+            {
+                **base,
+                "max_act_approx": f.max_act_approx,
+                "frac_nonzero": f.frac_nonzero,
+                "hook_name": f.hook_name,
+                "has_vector": f.has_vector,
+                "umap_x": f.umap_x,
+                "umap_y": f.umap_y,
+                "umap_cluster": f.umap_cluster,
+                "umap_log_feature_sparsity": f.umap_log_feature_sparsity,
+                "topk_cos_sim_indices": _ints(f.topk_cos_sim_indices),
+                "topk_cos_sim_values": _floats(f.topk_cos_sim_values),
+                "pos_str": list(f.pos_str),
+                "pos_values": _floats(f.pos_values),
+                "neg_str": list(f.neg_str),
+                "neg_values": _floats(f.neg_values),
+                "n_activations": len(f.activations) if "activations" in parts else None,
+                "n_explanations": len(f.explanations) if "explanations" in parts else None,
+                "top_explanation": f.top_explanation,
+                "run_id": run_id,
+                "fetched_at": now,
+            }
+        )
+        if "activations" in parts:
+            for rank, a in enumerate(f.activations):
+                acts.append(
+                    {
+                        **base,
+                        "rank": rank,
+                        "activation_id": a.id,
+                        "tokens": list(a.tokens),
+                        "values": _floats(a.values),
+                        "max_value": a.max_value,
+                        "max_value_token_index": a.max_value_token_index,
+                        "min_value": a.min_value,
+                        "data_source": a.data_source,
+                    }
+                )
+        if "explanations" in parts:
+            for rank, e in enumerate(f.explanations):
+                expls.append(
+                    {
+                        **base,
+                        "rank": rank,
+                        "explanation_id": e.id,
+                        "description": e.description,
+                        "explanation_model_name": e.explanation_model_name,
+                        "type_name": e.type_name,
+                        "scores": orjson.dumps([s.model_dump(by_alias=True) for s in e.scores]).decode(),
+                    }
+                )
+        raw = f.raw
+        dropped = [p for p in ("activations", "explanations") if p not in parts and p in raw]
+        if dropped:
+            raw = {k: v for k, v in raw.items() if k not in dropped}
+        for k, seq, chunk in rawblob.rows(key, raw):
+            raw_keys.append(k)
+            raw_seq.append(seq)
+            raw_chunks.append(chunk)
+    return {
+        "features": _columns("features", feats),
+        "activations": _columns("activations", acts),
+        "explanations": _columns("explanations", expls),
+        "raw_chunks": pa.table(
+            {"feature_key": pa.array(raw_keys, pa.string()), "seq": pa.array(raw_seq, pa.int16()), "chunk": pa.array(raw_chunks, pa.binary())}
+        ),
+    }
+
+
+def write_batch(
+    db: Database,
+    rows: Sequence[FeatureRow],
+    failures: Sequence[FailureRow] = (),
+    *,
+    parts: Iterable[str] = PARTS,
+    run_id: Optional[int] = None,
+) -> None:
+    """Replace these features and record these failures, all in one transaction."""
+    if not rows and not failures:
+        return
+    tables = build_tables(rows, parts, run_id)
+    keys = pa.table({"feature_key": tables["features"].column("feature_key")})
+    with db.transaction() as cur:
+        names = {"_np_keys": keys, **{f"_np_{t}": tbl for t, tbl in tables.items()}}
+        for name, tbl in names.items():
+            cur.register(name, tbl)
+        try:
+            if len(keys):
+                existing = cur.execute(
+                    "SELECT count(*) FROM features WHERE feature_key IN (SELECT feature_key FROM _np_keys)"
+                ).fetchall()[0][0]
+                if existing:
+                    for table in ("features", "activations", "explanations", "raw_chunks"):
+                        cur.execute(f"DELETE FROM {table} WHERE feature_key IN (SELECT feature_key FROM _np_keys)")
+                cur.execute("DELETE FROM failures WHERE feature_key IN (SELECT feature_key FROM _np_keys)")
+                for table in ("features", "activations", "explanations", "raw_chunks"):
+                    cur.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _np_{table}")
+            for fail in failures:
+                cur.execute(
+                    """INSERT INTO failures (feature_key, model_id, source, "index", reason, status_code, message,
+                                             attempts, permanent, run_id, first_seen, last_seen)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, current_timestamp, current_timestamp)
+                       ON CONFLICT (feature_key) DO UPDATE SET
+                         reason = excluded.reason, status_code = excluded.status_code,
+                         message = excluded.message, permanent = excluded.permanent,
+                         attempts = failures.attempts + 1, run_id = excluded.run_id,
+                         last_seen = now()""",
+                    [feature_key(fail.fid), fail.fid.model_id, fail.fid.source, fail.fid.index, fail.reason,
+                     fail.status_code, fail.message[:500], fail.permanent, run_id],
+                )
+        finally:
+            for name in names:
+                cur.unregister(name)
