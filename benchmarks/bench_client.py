@@ -1,8 +1,10 @@
 """Benchmark of `NeuronpediaClient` against the local emulator (not a test: nothing here asserts on time).
 
 Two measurements from one run, each against an emulator running in a *separate process*
-(so the server and the code being measured compete for the two cores as separate
-processes, the way a real client and a real server would not share one interpreter):
+(a server in the client's own interpreter would share its GIL and event-loop time; as
+separate processes each gets its own core on a 2-core machine, as far as other load allows).
+Every phase reports the CPU seconds of the client, of the emulator process and of all
+other processes on the machine, so a result skewed by a busy neighbour can be recognised.
 
 (a) throughput, no rate limit: N features (default 2,000) fetched by GET through
     `NeuronpediaClient` at its default concurrency (`budget=None`), against a sequential
@@ -18,9 +20,15 @@ processes, the way a real client and a real server would not share one interpret
     and is asked for more features than the windows allow. Measured from the emulator's
     request log (fetched over `GET /_emulator/log`): achieved requests per window / R
     (goal >= 0.9) and the count of 429s (goal 0).
+    Burst: one second of the rate (R / 10), as `Budget.per_second` (the CLI's --rate)
+    chooses. The pacer's sliding log alone keeps any exact 10 s window at <= R, but Upstash
+    estimates the window from two fixed windows, and a burst at the start of a period makes
+    it over-count: with burst = R the same run draws 429s (see benchmarks/RESULTS.md).
+    Client cooldown after a 429: one window (10 s; the library default, 600 s, is sized for
+    the real site's 1 h window and would stall the whole measurement).
 
 Usage:
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_client.py            # full (~3-4 min)
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_client.py            # full (~3 min)
     PYTHONPATH=. .venv/bin/python benchmarks/bench_client.py --quick    # smoke (~40 s)
 """
 

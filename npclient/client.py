@@ -31,6 +31,7 @@ from .ids import FeatureId, FeatureIdLike, SourceSetId
 from .models import Feature, ModelInfo, SearchPage, SearchResult, SourceSetInfo, VectorInfo
 from .pacing import DEFAULT_BUDGET, DEFAULT_COOLDOWN_S, Budget, Pacer
 from .retry import RetryPolicy
+from .transport import ShardedTransport
 
 __all__ = [
     "NeuronpediaClient",
@@ -110,7 +111,7 @@ class NeuronpediaClient:
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers=headers,
-            transport=transport,
+            transport=transport if transport is not None else ShardedTransport(concurrency),
             timeout=timeout,
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
             follow_redirects=True,

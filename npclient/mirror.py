@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import duckdb
+import orjson
 import pyarrow as pa
 
 from .errors import QueryError
@@ -63,9 +64,9 @@ class Mirror:
             chunks = cur.execute(
                 "SELECT chunk FROM raw_chunks WHERE feature_key = ? ORDER BY seq", [feature_key(fid)]
             ).fetchall()
-        if not chunks:
-            return None
-        return Feature.from_raw(rawblob.unpack(c[0] for c in chunks))
+            if chunks:
+                return Feature.from_raw(rawblob.unpack(c[0] for c in chunks))
+            return _from_export(cur, feature_key(fid))
 
     def features(self, source: SourceId | str, columns: Optional[Sequence[str]] = None) -> pa.Table:
         """One row per stored feature of `source`, in index order, as an Arrow table."""
@@ -87,3 +88,49 @@ class Mirror:
     def status(self) -> list[dict[str, Any]]:
         """Per source: features present / total, activations, explanations, failures, last fetch."""
         return status_rows(self.db)
+
+
+# API names of the typed activation and explanation columns, for rebuilding imported features.
+_ACTIVATION_FIELDS = {
+    "activation_id": "id", "model_id": "modelId", "source": "layer", "tokens": "tokens", "values": "values",
+    "max_value": "maxValue", "max_value_token_index": "maxValueTokenIndex", "min_value": "minValue",
+    "data_source": "dataSource", "data_index": "dataIndex", "creator_id": "creatorId", "created_at": "createdAt",
+    "dfa_values": "dfaValues", "dfa_max_value": "dfaMaxValue", "dfa_target_index": "dfaTargetIndex",
+    "loss_values": "lossValues", "logit_contributions": "logitContributions", "bin_min": "binMin",
+    "bin_max": "binMax", "bin_contains": "binContains", "qualifying_token_index": "qualifyingTokenIndex",
+}
+_EXPLANATION_FIELDS = {
+    "explanation_id": "id", "model_id": "modelId", "source": "layer", "description": "description",
+    "explanation_model_name": "explanationModelName", "type_name": "typeName", "author_id": "authorId",
+    "umap_x": "umap_x", "umap_y": "umap_y", "umap_cluster": "umap_cluster",
+    "umap_log_feature_sparsity": "umap_log_feature_sparsity",
+}
+
+
+def _rows(cur: "duckdb.DuckDBPyConnection", table: str, fields: dict[str, str], key: str) -> list[dict[str, Any]]:
+    cols = ", ".join(f'"{c}"' for c in fields)
+    result = cur.execute(f'SELECT "index", {cols} FROM {table} WHERE feature_key = ? ORDER BY rank', [key])
+    out = []
+    for row in result.fetchall():
+        item = {"index": str(row[0])}
+        for (col, name), value in zip(fields.items(), row[1:]):
+            if value is None:
+                continue
+            item[name] = orjson.loads(value) if col == "logit_contributions" else value
+        out.append(item)
+    return out
+
+
+def _from_export(cur: "duckdb.DuckDBPyConnection", key: str) -> Optional[Feature]:
+    """An imported feature: its export record plus its activation and explanation rows.
+
+    Exports carry no relations and no explanation scores, and the typed rows keep only the
+    fields the README lists, so `.raw` here is the export's view of the feature.
+    """
+    found = cur.execute("SELECT export_raw FROM features WHERE feature_key = ? AND origin = 'export'", [key]).fetchall()
+    if not found or found[0][0] is None:
+        return None
+    raw = orjson.loads(found[0][0])
+    raw["activations"] = _rows(cur, "activations", _ACTIVATION_FIELDS, key)
+    raw["explanations"] = _rows(cur, "explanations", _EXPLANATION_FIELDS, key)
+    return Feature.from_raw(raw)

@@ -10,6 +10,11 @@ Two rules together bound what the server can ever see:
   lies in between, so its window can never count more than ours);
 - a token bucket (`burst` tokens, refilled at `limit / window` per second) so the budget is
   spread out rather than spent in the first seconds.
+
+That guarantee is exact against a true sliding window. Neuronpedia's limiter (Upstash) only
+approximates one, from two fixed windows, and can count up to `burst` more than a true window
+would; so keep `limit + burst` at or under the server's limit. The default (22,500 + 50 of
+25,000) does; `--rate` at the server's full rate would not.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from . import cmd_demo, cmd_emulator, cmd_fetch, cmd_read, cmd_sync
+from . import cmd_demo, cmd_emulator, cmd_exports, cmd_fetch, cmd_read, cmd_sync
 from .errors import handle
 
 app = typer.Typer(
@@ -30,6 +30,8 @@ app.command("status")(cmd_read.status)
 app.command("show")(cmd_read.show)
 app.command("sql")(cmd_read.sql)
 app.command("sources")(cmd_read.sources)
+app.command("import")(cmd_exports.import_)
+app.command("export")(cmd_exports.export)
 app.command("fetch")(cmd_fetch.fetch)
 app.command("emulator")(cmd_emulator.emulator)
 app.command("demo")(cmd_demo.demo)

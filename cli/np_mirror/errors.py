@@ -12,6 +12,7 @@ import typer
 
 from npclient.errors import (
     APIStatusError,
+    ExportError,
     InvalidIdError,
     MirrorBusyError,
     NotAMirrorError,
@@ -35,6 +36,7 @@ CLI_ERROR_MAPPINGS: list[tuple[type[BaseException], int, str]] = [
     (MirrorBusyError, EXIT_FAILURES, "mirror busy"),
     (StoreError, EXIT_FAILURES, "mirror error"),
     (WeightsError, EXIT_BAD_INPUT, "weights"),
+    (ExportError, EXIT_BAD_INPUT, "export"),
     (APIStatusError, EXIT_FAILURES, "API error"),
     (NPTransportError, EXIT_FAILURES, "network error"),
     (NPError, EXIT_FAILURES, "error"),

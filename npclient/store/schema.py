@@ -43,6 +43,8 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("top_explanation", "VARCHAR"),
         ("run_id", "BIGINT"),
         ("fetched_at", "TIMESTAMP"),
+        # An imported feature's record exactly as the export had it (API features keep theirs in raw_chunks).
+        ("export_raw", "JSON"),
     ],
     "activations": [
         ("feature_key", "VARCHAR NOT NULL"),
@@ -57,6 +59,18 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("max_value_token_index", "INTEGER"),
         ("min_value", "DOUBLE"),
         ("data_source", "VARCHAR"),
+        ("data_index", "VARCHAR"),
+        ("creator_id", "VARCHAR"),
+        ("created_at", "VARCHAR"),
+        ("dfa_values", "DOUBLE[]"),
+        ("dfa_max_value", "DOUBLE"),
+        ("dfa_target_index", "INTEGER"),
+        ("loss_values", "DOUBLE[]"),
+        ("logit_contributions", "JSON"),
+        ("bin_min", "DOUBLE"),
+        ("bin_max", "DOUBLE"),
+        ("bin_contains", "DOUBLE"),
+        ("qualifying_token_index", "INTEGER"),
         ("origin", "VARCHAR NOT NULL"),
     ],
     "explanations": [
@@ -70,6 +84,12 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("explanation_model_name", "VARCHAR"),
         ("type_name", "VARCHAR"),
         ("scores", "JSON"),
+        ("author_id", "VARCHAR"),
+        ("embedding", "FLOAT[]"),
+        ("umap_x", "DOUBLE"),
+        ("umap_y", "DOUBLE"),
+        ("umap_cluster", "INTEGER"),
+        ("umap_log_feature_sparsity", "DOUBLE"),
         ("origin", "VARCHAR NOT NULL"),
     ],
 }
@@ -117,6 +137,19 @@ _V1 = [
         seq SMALLINT NOT NULL,
         chunk BLOB NOT NULL
     )""",
+    """CREATE TABLE export_files (
+        key VARCHAR PRIMARY KEY,
+        model_id VARCHAR NOT NULL,
+        source VARCHAR NOT NULL,
+        kind VARCHAR NOT NULL,
+        batch INTEGER,
+        size BIGINT,
+        etag VARCHAR,
+        status VARCHAR NOT NULL,
+        rows_imported BIGINT,
+        error VARCHAR,
+        imported_at TIMESTAMP DEFAULT current_timestamp
+    )""",
     "CREATE SEQUENCE sync_run_ids START 1",
     """CREATE TABLE sync_runs (
         run_id BIGINT PRIMARY KEY,
@@ -154,7 +187,7 @@ _V1 = [
 MIGRATIONS: dict[int, list[str]] = {1: _V1}
 
 #: Tables a mirror must have; anything else found in a --db file means it is not ours.
-MIRROR_TABLES = ("features", "activations", "explanations", "raw_chunks", "sources", "models", "sync_runs", "failures")
+MIRROR_TABLES = ("features", "activations", "explanations", "raw_chunks", "sources", "models", "sync_runs", "failures", "export_files")
 
 
 def current_version(con: duckdb.DuckDBPyConnection) -> int | None:

@@ -37,6 +37,7 @@ _ARROW = {
     "INTEGER[]": pa.list_(pa.int32()),
     "DOUBLE[]": pa.list_(pa.float64()),
     "VARCHAR[]": pa.list_(pa.string()),
+    "FLOAT[]": pa.list_(pa.float32()),
 }
 
 
@@ -126,6 +127,18 @@ def build_tables(rows: Sequence[FeatureRow], parts: Iterable[str], run_id: Optio
                         "max_value_token_index": a.max_value_token_index,
                         "min_value": a.min_value,
                         "data_source": a.data_source,
+                        "data_index": None if a.data_index is None else str(a.data_index),
+                        "creator_id": a.creator_id,
+                        "created_at": a.created_at,
+                        "dfa_values": _floats(a.dfa_values),
+                        "dfa_max_value": a.dfa_max_value,
+                        "dfa_target_index": a.dfa_target_index,
+                        "loss_values": _floats(a.loss_values),
+                        "logit_contributions": None if a.logit_contributions is None else orjson.dumps(a.logit_contributions).decode(),
+                        "bin_min": a.bin_min,
+                        "bin_max": a.bin_max,
+                        "bin_contains": a.bin_contains,
+                        "qualifying_token_index": a.qualifying_token_index,
                     }
                 )
         if "explanations" in parts:
@@ -139,6 +152,7 @@ def build_tables(rows: Sequence[FeatureRow], parts: Iterable[str], run_id: Optio
                         "explanation_model_name": e.explanation_model_name,
                         "type_name": e.type_name,
                         "scores": orjson.dumps([s.model_dump(by_alias=True) for s in e.scores]).decode(),
+                        "author_id": e.author_id,
                     }
                 )
         raw = f.raw

@@ -1,0 +1,54 @@
+"""`np-mirror import` and `np-mirror export`: bulk dumps in, Parquet out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import open_mirror
+from .errors import EXIT_FAILURES
+from .options import DbOpt
+from .output import hint
+
+
+def import_(
+    path: Annotated[Path, typer.Argument(help="A dump on disk: one source folder, or a tree of models and sources (as `aws s3 sync --no-sign-request s3://neuronpedia-datasets/v1 DIR` leaves it).", show_default=False)],
+    db: DbOpt = None,
+) -> None:
+    """Import Neuronpedia bulk-export batches already on disk, at disk speed.
+
+    Batches already imported are skipped; a corrupt batch is reported and commits nothing.
+    """
+    from npclient.exports.importer import find_source_dirs, import_source_dir
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path}")
+    found = find_source_dirs(path)  # nothing to import: exit 2 before opening the mirror
+    failed = 0
+    with open_mirror(db, read_only=False) as mirror:
+        for sid, folder in found:
+            report = import_source_dir(mirror.db, folder, sid)
+            rows = ", ".join(f"{report.rows[k]} {k}" for k in report.rows)
+            hint(f"{sid}: {sum(report.imported.values())} batches imported ({rows}), {report.skipped} already imported")
+            for key, reason in report.failed.items():
+                hint(f"  failed: {key}: {reason}")
+            failed += len(report.failed)
+    if failed:
+        raise typer.Exit(EXIT_FAILURES)
+
+
+def export(
+    parquet: Annotated[Path, typer.Option("--parquet", help="Directory to write (features/, activations/, explanations/, each model=/source=/ partitioned).", show_default=False)],
+    ids: Annotated[Optional[list[str]], typer.Argument(help="Sources to export (default: all).", show_default=False)] = None,
+    db: DbOpt = None,
+) -> None:
+    """Write the mirror as a hive-partitioned Parquet dataset that DuckDB, Polars or Spark read as is."""
+    from npclient import SourceId
+    from npclient.exports.parquet import export_parquet
+
+    sources = [SourceId.parse(i) for i in ids] if ids else None
+    with open_mirror(db, read_only=True) as mirror:
+        written = export_parquet(mirror.db, parquet, sources)
+    hint(", ".join(f"{n} {t}" for t, n in written.items()) + f" written to {parquet}")
