@@ -15,7 +15,10 @@
     │   ├── NotAMirrorError       a --db file that is not an np-mirror database
     │   ├── MirrorBusyError       another process holds the database for too long
     │   └── QueryError            SQL that DuckDB rejected (syntax, unknown column, a write when read-only)
-    └── WeightsError              SAE weights missing, malformed or not matching the source
+    ├── WeightsError              SAE weights missing, malformed or not matching the source
+    └── ExportError               a bulk export (S3 dump) could not be listed or downloaded
+        ├── CorruptDownload       a downloaded file whose size or MD5 does not match the listing
+        └── UnsafeKey             an object key that would write outside the export cache
 
 Messages never contain the API key: errors carry the URL and a clipped body only.
 """
@@ -39,6 +42,9 @@ __all__ = [
     "MirrorBusyError",
     "QueryError",
     "WeightsError",
+    "ExportError",
+    "CorruptDownload",
+    "UnsafeKey",
     "status_error",
 ]
 
@@ -125,6 +131,18 @@ class QueryError(StoreError):
 
 class WeightsError(NPError):
     pass
+
+
+class ExportError(NPError):
+    """A bulk export (Neuronpedia's public S3 dumps) could not be listed, fetched or stored."""
+
+
+class CorruptDownload(ExportError):
+    """A downloaded file whose size or MD5 does not match what the listing promised."""
+
+
+class UnsafeKey(ExportError):
+    """An object key with unsafe characters, `..` or an absolute part: it is never written."""
 
 
 def status_error(status_code: int, url: str, body: str = "", retry_after: float | None = None) -> APIStatusError:
