@@ -144,6 +144,9 @@ def find_source_dirs(root: Path) -> list[tuple[SourceId, Path]]:
         root = root / "v1"
 
     def is_source(d: Path) -> bool:
+        # Sources start with their layer number (`0-res-jb`); `headvis/`, `jlens/` do not.
+        if not re.match(r"^[0-9]+-", d.name):
+            return False
         return (d / "features").is_dir() or (d / "activations").is_dir() or any(d.glob("explanations*/"))
 
     found: list[tuple[SourceId, Path]] = []
