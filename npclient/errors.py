@@ -46,6 +46,8 @@ __all__ = [
     "CorruptDownload",
     "UnsafeKey",
     "status_error",
+    "WeightsMismatch",
+    "CorruptWeights",
 ]
 
 _BODY_CLIP = 300
@@ -158,3 +160,11 @@ def status_error(status_code: int, url: str, body: str = "", retry_after: float 
     if status_code >= 400:
         return BadRequest(status_code, url, body)
     return APIStatusError(status_code, url, body)
+
+
+class WeightsMismatch(WeightsError):
+    """Weights that load but do not belong to the target (feature count, Neuronpedia id, shape)."""
+
+
+class CorruptWeights(WeightsError):
+    """A weights file that cannot be read: truncated, bad header, missing tensor, unknown dtype."""

@@ -14,7 +14,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Optional, Union
 
 import orjson
 
@@ -28,6 +29,9 @@ from .store.database import Database
 from .store.writer import PARTS, FailureRow, FeatureRow, write_batch
 
 __all__ = ["SyncOptions", "SourcePlan", "SourceSummary", "SyncSummary", "SyncProgress", "plan_sync", "run_sync", "UnknownSourceError"]
+
+if TYPE_CHECKING:
+    from .exports.s3 import ExportBucket
 
 Target = Union[SourceId, SourceSetId]
 
@@ -44,6 +48,7 @@ class SyncOptions:
     retry_failed: bool = False
     batch_features: int = 200
     flush_s: float = 2.0
+    exports_only: bool = False
 
     def __post_init__(self) -> None:
         if self.range is not None:
@@ -73,6 +78,9 @@ class SourceSummary:
     already_present: int = 0
     skipped_failed: int = 0
     fetched: int = 0
+    imported: int = 0
+    export_note: str = ""
+    export_failed: dict[str, str] = field(default_factory=dict)
     failed: Counter = field(default_factory=Counter)
 
     @property
@@ -98,7 +106,8 @@ class SyncSummary:
 
     @property
     def exit_code(self) -> int:
-        return 1 if (self.failed or self.interrupted) else 0
+        broken_exports = any(s.export_failed for s in self.sources)
+        return 1 if (self.failed or self.interrupted or broken_exports) else 0
 
 
 @dataclass(frozen=True)
@@ -209,8 +218,14 @@ async def run_sync(
     options: SyncOptions = SyncOptions(),
     meta: Optional[MetaCache] = None,
     progress: Optional[ProgressFn] = None,
+    exports: Optional["ExportBucket"] = None,
+    exports_cache: Optional[Path] = None,
 ) -> SyncSummary:
-    """Sync `targets` into `db`; Ctrl-C keeps every batch committed so far and ends the run cleanly."""
+    """Sync `targets` into `db`; Ctrl-C keeps every batch committed so far and ends the run cleanly.
+
+    With `exports` (a bucket), each source's bulk export is downloaded and imported first and
+    the API only fills the gaps; without it, the API does everything.
+    """
     plans = await plan_sync(targets, db=db, client=client, options=options, meta=meta)
     started = time.monotonic()
     requests_before = client.requests_sent
@@ -226,7 +241,12 @@ async def run_sync(
         for plan in plans:
             part = SourceSummary(plan.source)
             summary.sources.append(part)
-            await _sync_source(plan, part, db=db, client=client, options=options, run_id=run_id, progress=progress)
+            refetch: set[int] = set()
+            if exports is not None:
+                refetch = await _sync_export(plan, part, db=db, bucket=exports, cache=exports_cache, run_id=run_id)
+            if not options.exports_only:
+                await _sync_source(plan, part, db=db, client=client, options=options, run_id=run_id,
+                                   progress=progress, refetch=refetch)
     except (KeyboardInterrupt, asyncio.CancelledError):
         summary.interrupted = True
         raise
@@ -246,11 +266,12 @@ async def _sync_source(
     options: SyncOptions,
     run_id: int,
     progress: Optional[ProgressFn],
+    refetch: set[int] = frozenset(),  # type: ignore[assignment]
 ) -> None:
     sid = plan.source
     wanted = range(plan.start, plan.stop)
     part.wanted = len(wanted)
-    present = set() if options.refresh else catalog.present_indices(db, sid, plan.start, plan.stop)
+    present = set() if options.refresh else catalog.present_indices(db, sid, plan.start, plan.stop) - set(refetch)
     dead = set() if options.retry_failed else catalog.permanent_failures(db, sid, plan.start, plan.stop)
     part.already_present = len(present)
     part.skipped_failed = len(dead - present)
@@ -295,6 +316,23 @@ async def _sync_source(
         # What was fetched before an interrupt is already whole: keep it.
         flush()
         report()
+
+
+async def _sync_export(
+    plan: SourcePlan, part: SourceSummary, *, db: Database, bucket: "ExportBucket", cache: Optional[Path], run_id: int
+) -> set[int]:
+    """Import the source's export; return imported features the API must fetch again whole."""
+    from .exports.source_sync import activation_gaps, sync_source_export
+    from .paths import exports_dir
+
+    before = len(catalog.present_indices(db, plan.source, plan.start, plan.stop))
+    outcome = await sync_source_export(bucket, db, plan.source, cache or exports_dir(), run_id=run_id)
+    part.export_note = outcome.reason or (outcome.download.summary() if outcome.download else "")
+    part.export_failed = dict(outcome.failed_files)
+    if not outcome.found:
+        return set()
+    part.imported = len(catalog.present_indices(db, plan.source, plan.start, plan.stop)) - before
+    return activation_gaps(db, plan.source, plan.start, plan.stop)
 
 
 def _failure(fid: FeatureId, error: NPError) -> FailureRow:

@@ -22,7 +22,9 @@ def sync(
     full: Annotated[bool, typer.Option("--full", help="One GET per feature: untrimmed explanations with scores, but 25x the requests.")] = False,
     refresh: Annotated[bool, typer.Option("--refresh", help="Fetch again what is already stored, and re-list sources.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Ask again for features that were 404 before.")] = False,
-    api_only: Annotated[bool, typer.Option("--api-only", help="Use the API only (the only path today; exports come in a later release).")] = False,
+    api_only: Annotated[bool, typer.Option("--api-only", help="Skip the bulk exports; fetch everything through the API.")] = False,
+    exports_only: Annotated[bool, typer.Option("--exports-only", help="Only download and import the bulk exports; no feature requests to the API.")] = False,
+    exports_url: Annotated[Optional[str], typer.Option("--exports-url", help="Bucket root of the exports [default: $NP_MIRROR_EXPORTS_URL or Neuronpedia's public bucket].", show_default=False)] = None,
     db: DbOpt = None,
     base_url: BaseUrlOpt = None,
     rate: RateOpt = None,
@@ -31,14 +33,18 @@ def sync(
 ) -> None:
     """Mirror features into the local database, asking the API only for what is missing.
 
-    Rerunning resumes; Ctrl-C keeps every batch already written. Exit code 1 if any
-    feature failed (they are listed in the `failures` table; `--retry-failed` asks again).
+    Each source's public bulk export is downloaded and imported first (it costs no rate
+    limit); the API then fetches only what the export lacked. Rerunning resumes; Ctrl-C keeps
+    every batch already written. Exit code 1 if any feature or export file failed (see the
+    `failures` and `export_files` tables; `--retry-failed` asks again for 404s).
     """
     from npclient.ids import parse_target
     from npclient.metacache import MetaCache
     from npclient.sync import SyncOptions, parse_range, run_sync
 
     parsed = [parse_target(t) for t in targets]  # bad ids: exit 2 before anything
+    if api_only and exports_only:
+        raise ValueError("--api-only and --exports-only exclude each other")
     options = SyncOptions(
         range=parse_range(range_) if range_ else None,
         parts=tuple(p.strip() for p in parts.split(",") if p.strip()),
@@ -46,6 +52,7 @@ def sync(
         method="get" if full else "post",
         refresh=refresh,
         retry_failed=retry_failed,
+        exports_only=exports_only,
     )
     mirror = open_mirror(db, read_only=False)
     client = make_client(base_url, rate, concurrency)
@@ -54,8 +61,17 @@ def sync(
     display = SyncDisplay(enabled=not quiet)
 
     async def run():
-        async with client:
-            return await run_sync(parsed, db=mirror.db, client=client, options=options, meta=MetaCache(), progress=display.update)
+        from contextlib import AsyncExitStack
+
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(client)
+            bucket = None
+            if not api_only:
+                from npclient.exports import ExportBucket
+
+                bucket = await stack.enter_async_context(ExportBucket(exports_url))
+            return await run_sync(parsed, db=mirror.db, client=client, options=options, meta=MetaCache(),
+                                  progress=display.update, exports=bucket)
 
     with display:
         summary = asyncio.run(run())

@@ -50,6 +50,10 @@ class SyncDisplay:
         lines = []
         for s in summary.sources:
             failed = ", ".join(f"{k}: {v}" for k, v in sorted(s.failed.items())) or "none"
+            if s.export_note:
+                lines.append(f"{s.source}: export: {s.export_note}" + (f"; {s.imported} features imported" if s.imported else ""))
+            for key, reason in sorted(s.export_failed.items()):
+                lines.append(f"  export file failed: {key}: {reason}")
             lines.append(
                 f"{s.source}: {s.fetched} fetched, {s.already_present} already present"
                 + (f", {s.skipped_failed} known 404 skipped" if s.skipped_failed else "")

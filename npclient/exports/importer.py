@@ -267,13 +267,15 @@ def _import_file(
             else:
                 cur.execute(f"DELETE FROM {kind} WHERE origin = 'export' AND feature_key IN (SELECT feature_key FROM _np_import)")
                 cur.execute(f"INSERT INTO {kind} BY NAME SELECT * FROM _np_import WHERE feature_key NOT IN ({_API_KEYS})")
-            rows = cur.execute("SELECT count(*) FROM _np_import").fetchall()[0][0]
+            rows, lo, hi = cur.execute('SELECT count(*), min("index"), max("index") FROM _np_import').fetchall()[0]
             cur.execute(
-                """INSERT INTO export_files (key, model_id, source, kind, batch, size, etag, status, rows_imported, error, imported_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, 'imported', ?, NULL, now())
+                """INSERT INTO export_files (key, model_id, source, kind, batch, size, etag, status, rows_imported,
+                                             min_index, max_index, error, imported_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, 'imported', ?, ?, ?, NULL, now())
                    ON CONFLICT (key) DO UPDATE SET size = excluded.size, etag = excluded.etag, status = 'imported',
-                     rows_imported = excluded.rows_imported, error = NULL, imported_at = now()""",
-                [key, sid.model_id, sid.source, kind, batch, size, etag, rows],
+                     rows_imported = excluded.rows_imported, min_index = excluded.min_index,
+                     max_index = excluded.max_index, error = NULL, imported_at = now()""",
+                [key, sid.model_id, sid.source, kind, batch, size, etag, rows, lo, hi],
             )
         finally:
             cur.execute("DROP TABLE IF EXISTS _np_import")

@@ -147,6 +147,8 @@ _V1 = [
         etag VARCHAR,
         status VARCHAR NOT NULL,
         rows_imported BIGINT,
+        min_index INTEGER,
+        max_index INTEGER,
         error VARCHAR,
         imported_at TIMESTAMP DEFAULT current_timestamp
     )""",

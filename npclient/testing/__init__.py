@@ -14,10 +14,15 @@ if TYPE_CHECKING:
         EmulatorConfig,
         EmulatorServer,
         EmulatorState,
+        ExportQuirks,
         FaultConfig,
         RateLimitConfig,
+        S3Faults,
+        S3Server,
         SourceSpec,
         create_app,
+        create_s3_app,
+        write_export,
     )
     from .synthetic import SyntheticDecoder, make_decoder, make_synthetic
 
@@ -29,6 +34,11 @@ _LOCATIONS = {
     "EmulatorState": ".emulator",
     "create_app": ".emulator",
     "EmulatorServer": ".emulator",
+    "ExportQuirks": ".emulator",
+    "write_export": ".emulator",
+    "S3Faults": ".emulator",
+    "S3Server": ".emulator",
+    "create_s3_app": ".emulator",
     "make_decoder": ".synthetic",
     "make_synthetic": ".synthetic",
     "SyntheticDecoder": ".synthetic",
