@@ -332,6 +332,8 @@ async def _sync_export(
     if not outcome.found:
         return set()
     part.imported = len(catalog.present_indices(db, plan.source, plan.start, plan.stop)) - before
+    if not any("/activations/" in key for key in outcome.failed_files):
+        return set()  # every activations batch is in: a feature without any is a dead feature
     return activation_gaps(db, plan.source, plan.start, plan.stop)
 
 

@@ -12,10 +12,15 @@ from np_mirror.app import main
 
 @pytest.fixture
 def env(np_emulator_factory, tmp_path, monkeypatch):
+    from npclient.testing.emulator.s3 import S3Server
+
     server = np_emulator_factory(small_config(d_sae=120, hole_rate=0.05))
     monkeypatch.setenv("NEURONPEDIA_BASE_URL", server.url)
     monkeypatch.setenv("NP_MIRROR_HOME", str(tmp_path / "home"))
-    return server, tmp_path / "m.duckdb"
+    (tmp_path / "empty-bucket").mkdir()
+    with S3Server(tmp_path / "empty-bucket") as s3:  # a bucket with no export: the API does it all
+        monkeypatch.setenv("NP_MIRROR_EXPORTS_URL", s3.bucket_url)
+        yield server, tmp_path / "m.duckdb"
 
 
 def run(capsys, *args):
@@ -105,3 +110,22 @@ def test_sources_lists_the_catalog(env, capsys):
     rows = json.loads(out)
     assert {r["source"] for r in rows} >= {"0-res-jb", "1-res-jb"}
     assert next(r for r in rows if r["source"] == "0-res-jb")["d_sae"] == 120
+
+
+def test_sync_exports_first_from_the_cli(np_emulator_factory, tmp_path, monkeypatch, capsys):
+    from npclient.testing.emulator.exports import ExportQuirks, write_export
+    from npclient.testing.emulator.s3 import S3Server
+
+    server = np_emulator_factory(small_config(d_sae=300))
+    write_export(server.state, tmp_path / "bucket", quirks=ExportQuirks(batch_size=100))
+    monkeypatch.setenv("NEURONPEDIA_BASE_URL", server.url)
+    monkeypatch.setenv("NP_MIRROR_HOME", str(tmp_path / "home"))
+    db = tmp_path / "m.duckdb"
+    with S3Server(tmp_path / "bucket") as s3:
+        code, _, err = run(capsys, "sync", "gpt2-small/0-res-jb", "--db", str(db), "--quiet", "--exports-url", s3.bucket_url)
+    assert code == 0, err
+    assert "300 features imported" in err and "0 fetched" in err
+    assert not [r for r in server.state.requests if r.path.startswith("/api/feature")]
+    assert (tmp_path / "home" / "exports" / "v1" / "gpt2-small" / "0-res-jb" / "features" / "batch-0.jsonl.gz").exists()
+    code, out, _ = run(capsys, "status", "--db", str(db), "--format", "json")
+    assert json.loads(out)[0]["origins"] == "export"

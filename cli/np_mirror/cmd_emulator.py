@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -19,12 +20,17 @@ def emulator(
     hole_rate: Annotated[float, typer.Option("--hole-rate", help="Fraction of feature indices that 404 forever.")] = 0.0,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Rate limit: requests per window per client IP (off unless given).")] = None,
     window: Annotated[float, typer.Option("--window", help="Rate-limit window in seconds.")] = 3600.0,
+    s3_port: Annotated[int, typer.Option("--s3-port", help="Port of the bulk-export bucket (a read-only S3 subset); 0 picks a free one.")] = 0,
+    no_exports: Annotated[bool, typer.Option("--no-exports", help="Do not serve bulk exports.")] = False,
+    write_export: Annotated[Optional[Path], typer.Option("--write-export", help="Write the emulator's sources in the real export layout under DIR, then exit.", show_default=False)] = None,
 ) -> None:
     """Serve a Neuronpedia emulator on 127.0.0.1 until Ctrl-C.
 
     It answers the real routes (/api/feature, /api/features, /api/model/list, ...) with
     deterministic synthetic features, and imitates the real rate limiter and failures.
-    Point np-mirror at it with NEURONPEDIA_BASE_URL=http://127.0.0.1:PORT.
+    Point np-mirror at it with NEURONPEDIA_BASE_URL=http://127.0.0.1:PORT. It also serves
+    its sources as bulk exports from a read-only S3 subset (ListObjectsV2, GET with Range):
+    NP_MIRROR_EXPORTS_URL is printed at start.
     """
     from npclient.testing import EmulatorConfig, EmulatorServer, FaultConfig, RateLimitConfig
 
@@ -35,14 +41,33 @@ def emulator(
         config = config.replace(sources=tuple(s if s.kind != "sae" else type(s)(s.model_id, s.source_id, d_sae=d_sae, d_in=s.d_in) for s in config.sources))
     if limit is not None:
         config = config.replace(rate_limit=RateLimitConfig(api_limit=limit, window_s=window))
+    if write_export is not None:
+        from npclient.testing import EmulatorState
+        from npclient.testing.emulator.exports import write_export as write
+
+        files = write(EmulatorState(config), write_export)
+        typer.echo(f"wrote {len(files)} export files under {write_export}", err=True)
+        return
     try:
         server = EmulatorServer(config, port=port).start()
     except (OSError, RuntimeError) as exc:
         raise fail(f"cannot serve on 127.0.0.1:{port}: {exc}")
+    s3 = None
+    if not no_exports:
+        import tempfile
+
+        from npclient.testing.emulator.exports import write_export as write
+        from npclient.testing.emulator.s3 import S3Server
+
+        export_root = Path(tempfile.mkdtemp(prefix="np-emulator-exports-"))
+        write(server.state, export_root)
+        s3 = S3Server(export_root, port=s3_port).start()
     typer.echo(f"Neuronpedia emulator on {server.url}  (Ctrl-C to stop)", err=True)
     for spec in server.state.sources():
         typer.echo(f"  {spec.model_id}/{spec.source_id}  {spec.d_sae if spec.kind == 'sae' else spec.n_vectors} {'features' if spec.kind == 'sae' else 'vectors'}", err=True)
     typer.echo(f"  export NEURONPEDIA_BASE_URL={server.url}", err=True)
+    if s3 is not None:
+        typer.echo(f"  export NP_MIRROR_EXPORTS_URL={s3.bucket_url}", err=True)
     try:
         while server.running:
             time.sleep(0.5)
@@ -50,3 +75,8 @@ def emulator(
         pass
     finally:
         server.stop()
+        if s3 is not None:
+            s3.stop()
+            import shutil
+
+            shutil.rmtree(export_root, ignore_errors=True)

@@ -1,0 +1,429 @@
+"""Attach an SAE's decoder to a mirrored source, and hand it back as a torch tensor.
+
+`attach()` loads the decoder (any loader in `loaders.LOADERS`), checks it against what the
+mirror knows (d_sae = the source's feature count; a `neuronpedia_id` in the weights' config
+= the target), counts NaN and all-zero rows, copies it once into
+`$NP_MIRROR_HOME/weights/<model>/<source>/decoder.npy` (plus `norms.npy`, the row norms) and
+records it in the `weights` table. `decoder()` then memory-maps that copy without importing
+sae_lens. Every error is one line (`WeightsError`) and attaches nothing: the copy is
+written under a temporary name and moved into place inside the transaction that records it.
+
+Memory: the copy is written in row blocks into a memory-mapped `.npy`, so a decoder is held
+at most once (a bare safetensors file is itself memory-mapped, so not even once); sae_lens
+loaders hold the SAE they load (encoder included) until the copy is written.
+
+Storage dtypes: float32 (default), float16, bfloat16. numpy has no bfloat16, so a bfloat16
+decoder is kept as its raw 16-bit patterns (a uint16 `.npy`) and viewed as
+`torch.bfloat16` on the way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from ..errors import WeightsError, WeightsMismatch
+from ..ids import SourceId
+from ..paths import home
+from ..store.catalog import stored_feature_count
+from ..store.database import Database
+from . import registry
+from .loaders import LOADERS, DecoderLoader, LoadedDecoder, LoadRequest, choose_loader
+
+__all__ = [
+    "DTYPES",
+    "WEIGHTS_DDL",
+    "WeightsRecord",
+    "attach",
+    "decoder",
+    "decoder_norms",
+    "get_weights",
+    "list_weights",
+    "weights_root",
+]
+
+DTYPES = ("float32", "bfloat16", "float16")
+_BLOCK_ROWS = 4096
+_TABLE = "weights"
+
+# Schema v1 (store/schema.py) is frozen: mirrors already exist with it, and a version bump
+# belongs to the store. Until the next schema version folds this table in, the weights module
+# creates it itself, on first use, inside the transaction that records the first decoder
+# (`CREATE TABLE IF NOT EXISTS`), so an older mirror gains it without a migration and a
+# mirror that never attaches weights never has it. Readers treat a missing table as empty.
+WEIGHTS_DDL = f"""CREATE TABLE IF NOT EXISTS {_TABLE} (
+    model_id VARCHAR NOT NULL,
+    source VARCHAR NOT NULL,
+    loader VARCHAR NOT NULL,
+    source_path VARCHAR,
+    sha256 VARCHAR,
+    tensor_name VARCHAR,
+    transposed BOOLEAN NOT NULL DEFAULT false,
+    release VARCHAR,
+    sae_id VARCHAR,
+    architecture VARCHAR,
+    output_space BOOLEAN NOT NULL DEFAULT false,
+    hook_name VARCHAR,
+    neuronpedia_id VARCHAR,
+    d_sae INTEGER NOT NULL,
+    d_in INTEGER NOT NULL,
+    source_dtype VARCHAR,
+    dtype VARCHAR NOT NULL,
+    nan_rows INTEGER NOT NULL,
+    zero_rows INTEGER NOT NULL,
+    decoder_path VARCHAR NOT NULL,
+    attached_at TIMESTAMP DEFAULT current_timestamp,
+    PRIMARY KEY (model_id, source)
+)"""
+
+_COLUMNS = (
+    "model_id", "source", "loader", "source_path", "sha256", "tensor_name", "transposed", "release", "sae_id",
+    "architecture", "output_space", "hook_name", "neuronpedia_id", "d_sae", "d_in", "source_dtype", "dtype",
+    "nan_rows", "zero_rows", "decoder_path", "attached_at",
+)
+
+
+@dataclass(frozen=True)
+class WeightsRecord:
+    """One attached decoder, as the `weights` table records it.
+
+    `d_in` is the decoder's width: the output space (d_out) for a transcoder
+    (`output_space=True`). `nan_rows` counts rows with any NaN or infinite value,
+    `zero_rows` rows that are all zero (cosine undefined), both in the stored dtype.
+    """
+
+    model_id: str
+    source: str
+    loader: str
+    source_path: Optional[str]
+    sha256: Optional[str]
+    tensor_name: Optional[str]
+    transposed: bool
+    release: Optional[str]
+    sae_id: Optional[str]
+    architecture: Optional[str]
+    output_space: bool
+    hook_name: Optional[str]
+    neuronpedia_id: Optional[str]
+    d_sae: int
+    d_in: int
+    source_dtype: Optional[str]
+    dtype: str
+    nan_rows: int
+    zero_rows: int
+    decoder_path: str
+    attached_at: Optional[datetime] = None
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def source_id(self) -> SourceId:
+        return SourceId(self.model_id, self.source)
+
+    @property
+    def norms_path(self) -> str:
+        return str(Path(self.decoder_path).with_name("norms.npy"))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("notes")
+        out = {"source_id": str(self.source_id), **out}
+        return out
+
+
+def weights_root() -> Path:
+    """Where decoder copies live: `$NP_MIRROR_HOME/weights`."""
+    return home() / "weights"
+
+
+def _sid(source: SourceId | str) -> SourceId:
+    return source if isinstance(source, SourceId) else SourceId.parse(source)
+
+
+# ---- reading the table ------------------------------------------------------------------------
+
+
+def _table_exists(cur: Any) -> bool:
+    return bool(cur.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [_TABLE]).fetchone()[0])
+
+
+def _record(row: tuple) -> WeightsRecord:
+    return WeightsRecord(**dict(zip(_COLUMNS, row)))
+
+
+def list_weights(db: Database) -> list[WeightsRecord]:
+    """Every attached decoder, by model and source."""
+    cols = ", ".join(_COLUMNS)
+    with db.connect() as cur:
+        if not _table_exists(cur):
+            return []
+        rows = cur.execute(f"SELECT {cols} FROM {_TABLE} ORDER BY model_id, source").fetchall()
+    return [_record(r) for r in rows]
+
+
+def get_weights(db: Database, source: SourceId | str) -> Optional[WeightsRecord]:
+    """The attached decoder of `source`, or None."""
+    sid = _sid(source)
+    cols = ", ".join(_COLUMNS)
+    with db.connect() as cur:
+        if not _table_exists(cur):
+            return None
+        rows = cur.execute(
+            f"SELECT {cols} FROM {_TABLE} WHERE model_id = ? AND source = ?", [sid.model_id, sid.source]
+        ).fetchall()
+    return _record(rows[0]) if rows else None
+
+
+# ---- attaching ----------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(4 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_request(path: Optional[Path], tensor: Optional[str], transpose: bool, release: Optional[str],
+                   sae_id: Optional[str], dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise WeightsError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if (release is None) != (sae_id is None):
+        raise WeightsError("--release and --sae-id go together")
+    if path is not None and release is not None:
+        raise WeightsError("give either --path or --release/--sae-id, not both")
+    if path is not None and not path.exists():
+        raise WeightsError(f"no such file or folder: {path}")
+    if (tensor is not None or transpose) and (path is None or path.is_dir()):
+        raise WeightsError("--tensor and --transpose apply to a bare safetensors file (--path FILE)")
+
+
+def _validate(sid: SourceId, loaded: LoadedDecoder, feature_count: Optional[int],
+              expected_id: Optional[str]) -> None:
+    if loaded.d_sae <= 0 or loaded.d_in <= 0:
+        raise WeightsMismatch(f"the decoder for {sid} is empty (shape {loaded.d_sae}x{loaded.d_in})")
+    if feature_count is not None and loaded.d_sae != feature_count:
+        hint = ""
+        if loaded.d_in == feature_count:
+            hint = " (it looks stored d_in x d_sae: add --transpose)" if not loaded.transposed else " (drop --transpose)"
+        raise WeightsMismatch(
+            f"{sid} has {feature_count} features but the decoder has {loaded.d_sae} rows "
+            f"(shape {loaded.d_sae}x{loaded.d_in}){hint}"
+        )
+    claimed = loaded.neuronpedia_id
+    if claimed and claimed.strip() != str(sid):
+        raise WeightsMismatch(f"these weights are {claimed.strip()} (neuronpedia_id in their config), not {sid}")
+    if expected_id and expected_id != str(sid):
+        raise WeightsMismatch(
+            f"sae_lens's registry maps {loaded.release}/{loaded.sae_id} to {expected_id}, not {sid}"
+        )
+
+
+def _torch_dtype(name: Any) -> Any:
+    import torch
+
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    text = str(name).replace("torch.", "")
+    value = getattr(torch, text, None)
+    if not isinstance(value, torch.dtype):
+        raise WeightsError(f"unknown dtype {name!r}")
+    return value
+
+
+def _write_copy(loaded: LoadedDecoder, decoder_tmp: Path, norms_tmp: Path, dtype: str,
+                block_rows: int) -> tuple[int, int]:
+    """Copy the decoder by row blocks into a `.npy`; count NaN/inf and all-zero rows; save norms."""
+    import numpy as np
+    import torch
+
+    store_np = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}[dtype]
+    store_torch = _torch_dtype(dtype)
+    out = np.lib.format.open_memmap(decoder_tmp, mode="w+", dtype=store_np, shape=(loaded.d_sae, loaded.d_in))
+    norms = np.empty(loaded.d_sae, dtype=np.float32)
+    nan_rows = zero_rows = 0
+    try:
+        for start in range(0, loaded.d_sae, block_rows):
+            stop = min(start + block_rows, loaded.d_sae)
+            block = loaded.block(start, stop).to(store_torch)
+            values = block.float()
+            nan_rows += int((~torch.isfinite(values)).any(dim=1).sum())
+            zero_rows += int((values == 0).all(dim=1).sum())
+            norms[start:stop] = torch.linalg.vector_norm(values, dim=1).numpy()
+            if dtype == "bfloat16":
+                out[start:stop] = block.view(torch.int16).numpy().view(np.uint16)
+            else:
+                out[start:stop] = block.numpy()
+        out.flush()
+    finally:
+        del out
+    np.save(norms_tmp, norms)
+    return nan_rows, zero_rows
+
+
+def attach(
+    db: Database,
+    source: SourceId | str,
+    *,
+    path: Union[str, Path, None] = None,
+    tensor: Optional[str] = None,
+    transpose: bool = False,
+    release: Optional[str] = None,
+    sae_id: Optional[str] = None,
+    dtype: str = "float32",
+    loader: Union[str, DecoderLoader, None] = None,
+    root: Union[str, Path, None] = None,
+    block_rows: int = _BLOCK_ROWS,
+) -> WeightsRecord:
+    """Load `source`'s decoder, check it, keep a copy and record it; return the record.
+
+    Where the weights come from: `path` (an sae_lens folder, or a bare safetensors file with
+    `tensor` / `transpose`), or `release` + `sae_id`, or else sae_lens's registry entry for
+    the source (then the mirror's saelensRelease/saelensSaeId). `loader` forces a loader by
+    name (see `loaders.LOADERS`) or passes one. `dtype` is the dtype the copy is kept in.
+    Attaching again replaces the previous decoder of the source.
+    """
+    sid = _sid(source)
+    p = Path(path).expanduser() if path is not None else None
+    _check_request(p, tensor, transpose, release, sae_id, dtype)
+    if block_rows < 1:
+        raise ValueError("block_rows must be >= 1")
+
+    expected_id: Optional[str] = None  # what sae_lens's registry says (release, sae_id) is
+    if p is None:
+        if release is None:
+            resolution = registry.resolve(sid, db)
+        else:
+            resolution = registry.Resolution(release, sae_id or "", "given")
+        release, sae_id = resolution.release, resolution.sae_id
+        if resolution.entry is not None:
+            expected_id = resolution.entry.neuronpedia_id
+        else:
+            expected_id = registry.neuronpedia_id(release, sae_id)
+    request = LoadRequest(path=p, tensor=tensor, transpose=transpose, release=release, sae_id=sae_id, dtype=dtype)
+    if loader is None or isinstance(loader, str):
+        name = loader or choose_loader(request)
+        if name not in LOADERS:
+            raise WeightsError(f"no weights loader named {name!r}; known: {', '.join(sorted(LOADERS))}")
+        load = LOADERS[name]
+    else:
+        name, load = getattr(loader, "__name__", "custom"), loader
+
+    feature_count = stored_feature_count(db, sid)  # before loading: a bad --db fails fast
+    loaded = load(request)
+    loaded.release = loaded.release or release
+    loaded.sae_id = loaded.sae_id or sae_id
+    _validate(sid, loaded, feature_count, expected_id)
+
+    folder = Path(root).expanduser() if root is not None else weights_root()
+    target = folder / sid.model_id / sid.source
+    target.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    decoder_tmp = target / f".tmp-{tag}-decoder.npy"  # ends in .npy: np.save would append it
+    norms_tmp = target / f".tmp-{tag}-norms.npy"
+    decoder_final = (target / "decoder.npy").resolve()
+    norms_final = decoder_final.with_name("norms.npy")
+    try:
+        nan_rows, zero_rows = _write_copy(loaded, decoder_tmp, norms_tmp, dtype, block_rows)
+        source_file = loaded.source_file
+        digest = _sha256(source_file) if source_file is not None else None
+        record = WeightsRecord(
+            model_id=sid.model_id,
+            source=sid.source,
+            loader=name,
+            source_path=str(p.resolve()) if p is not None else (str(source_file) if source_file else None),
+            sha256=digest,
+            tensor_name=loaded.tensor_name,
+            transposed=loaded.transposed,
+            release=loaded.release,
+            sae_id=loaded.sae_id,
+            architecture=loaded.architecture,
+            output_space=loaded.output_space,
+            hook_name=loaded.hook_name,
+            neuronpedia_id=loaded.neuronpedia_id or expected_id,
+            d_sae=loaded.d_sae,
+            d_in=loaded.d_in,
+            source_dtype=loaded.matrix_dtype,
+            dtype=dtype,
+            nan_rows=nan_rows,
+            zero_rows=zero_rows,
+            decoder_path=str(decoder_final),
+            notes=tuple(loaded.notes),
+        )
+        del loaded  # the sae_lens SAE (if any) goes before the database work
+        values = [getattr(record, c) for c in _COLUMNS[:-1]]
+        with db.transaction() as cur:
+            cur.execute(WEIGHTS_DDL)
+            cur.execute(
+                f"INSERT OR REPLACE INTO {_TABLE} ({', '.join(_COLUMNS[:-1])}) VALUES ({', '.join('?' * len(values))})",
+                values,
+            )
+            os.replace(norms_tmp, norms_final)
+            os.replace(decoder_tmp, decoder_final)
+    finally:
+        for leftover in (decoder_tmp, norms_tmp):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+    stored = get_weights(db, sid)
+    if stored is None:  # pragma: no cover - committed just above
+        raise WeightsError(f"the weights of {sid} were not recorded")
+    return WeightsRecord(**{**asdict(stored), "notes": record.notes})
+
+
+# ---- reading the copy ---------------------------------------------------------------------------
+
+
+def _require(db: Database, source: SourceId | str) -> WeightsRecord:
+    sid = _sid(source)
+    record = get_weights(db, sid)
+    if record is None:
+        raise WeightsError(f"no weights attached for {sid}; run `np-mirror weights add {sid}` first")
+    if not Path(record.decoder_path).is_file():
+        raise WeightsError(f"the decoder copy of {sid} is missing ({record.decoder_path}); run `np-mirror weights add {sid}` again")
+    return record
+
+
+def decoder(db: Database, source: SourceId | str, device: Any = None, dtype: Any = None) -> Any:
+    """The decoder of `source` as a torch tensor (d_sae x d_in): row i is feature i.
+
+    Memory-mapped from the copy `attach` made (copy-on-write: writing into the tensor never
+    touches the file), so nothing is read until used. `device` / `dtype` move or convert it
+    (which does read it); by default it stays on the CPU in the dtype it was attached with.
+    """
+    import numpy as np
+    import torch
+
+    record = _require(db, source)
+    try:
+        array = np.load(record.decoder_path, mmap_mode="c")
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"cannot read the decoder copy {record.decoder_path}: {exc}") from None
+    if array.shape != (record.d_sae, record.d_in):
+        raise WeightsError(
+            f"the decoder copy {record.decoder_path} has shape {array.shape}, the mirror recorded "
+            f"({record.d_sae}, {record.d_in}); run `np-mirror weights add` again"
+        )
+    if record.dtype == "bfloat16":
+        tensor = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    else:
+        tensor = torch.from_numpy(array)
+    if device is not None or dtype is not None:
+        tensor = tensor.to(device=device, dtype=_torch_dtype(dtype))
+    return tensor
+
+
+def decoder_norms(db: Database, source: SourceId | str) -> Any:
+    """Row norms of the decoder (float32 numpy array, d_sae), computed once at attach time."""
+    import numpy as np
+
+    record = _require(db, source)
+    try:
+        return np.load(record.norms_path, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"cannot read {record.norms_path}: {exc}") from None
