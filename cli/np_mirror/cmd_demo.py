@@ -27,7 +27,12 @@ def demo(
     from npclient.pacing import Budget
     from npclient.paths import home
     from npclient.sync import run_sync
+    import tempfile
+
+    from npclient.exports import ExportBucket
     from npclient.testing import EmulatorConfig, EmulatorServer, FaultConfig, RateLimitConfig
+    from npclient.testing.emulator.exports import ExportQuirks, write_export
+    from npclient.testing.emulator.s3 import S3Faults, S3Server
 
     from .feature_view import render_feature
     from .progress import SyncDisplay
@@ -39,23 +44,33 @@ def demo(
         rate_limit=RateLimitConfig(api_limit=600, window_s=60.0),
     )
     target = SourceSetId("gpt2-small", "res-jb")
+    bucket_root = Path(tempfile.mkdtemp(prefix="np-demo-bucket-"))
+    cache = Path(tempfile.mkdtemp(prefix="np-demo-exports-"))
     with EmulatorServer(config) as server, Mirror(path, linger_s=0) as mirror:
+        write_export(server.state, bucket_root, quirks=ExportQuirks(batch_size=256))
+        # One activations batch arrives truncated, one explanations batch is missing: the API fills the gap.
+        faults = S3Faults(truncated={"v1/gpt2-small/1-res-jb/activations/batch-1.jsonl.gz": 5000},
+                          missing=frozenset({"v1/gpt2-small/0-res-jb/explanations/batch-0.jsonl.gz"}))
+        s3 = S3Server(bucket_root, faults=faults).start()
         hint(f"1. Neuronpedia emulator on {server.url} (faults {fault_rate:.0%}, 600 requests/min limit)")
-        hint(f"2. np-mirror sync {target} --db {path}")
+        hint(f"   and its bulk exports on {s3.bucket_url} (one batch truncated, one missing)")
+        hint(f"2. np-mirror sync {target} --db {path}   (exports first, then the API for the gaps)")
 
         async def run_once():
             client = NeuronpediaClient(server.url, budget=Budget(limit=540, window_s=60.0, burst=20),
                                        retry=RetryPolicy(initial_wait_s=0.05, max_wait_s=1.0))
-            async with client:
+            async with client, ExportBucket(s3.bucket_url) as bucket:
                 with SyncDisplay() as display:
                     summary = await run_sync([target], db=mirror.db, client=client, meta=MetaCache(enabled=False),
-                                             progress=display.update)
+                                             progress=display.update, exports=bucket, exports_cache=cache)
                 display.summary(summary)
                 return summary
 
         first = asyncio.run(run_once())
-        hint("3. Rerun: only what is missing is asked for")
+        hint("3. Rerun, the bucket healed: only the failed files and features are asked for")
+        s3.faults = S3Faults()
         second = asyncio.run(run_once())
+        s3.stop()
         hint(f"   first run {first.requests} requests, rerun {second.requests} requests")
         hint("4. np-mirror status")
         rows_out(mirror.status(), Format.table, ["source", "present", "total", "activations", "explanations", "failed", "origins"])
@@ -76,4 +91,8 @@ def demo(
             Format.table,
         )
         hint(f"Done. The mirror is at {path}; query it with `np-mirror sql --db {path} \"...\"`.")
+    import shutil
+
+    shutil.rmtree(bucket_root, ignore_errors=True)
+    shutil.rmtree(cache, ignore_errors=True)
     raise typer.Exit(0)

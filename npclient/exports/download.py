@@ -188,7 +188,7 @@ class _Downloader:
             report.failed[obj.key] = _reason(exc)
             if isinstance(exc, OSError):
                 report.failed[obj.key] = f"{obj.key}: {report.failed[obj.key]}"
-            log.warning("export download failed: %s", report.failed[obj.key])
+            log.info("export download failed: %s", report.failed[obj.key])
             return
         report.downloaded.append(obj.key)
         if resumed:

@@ -89,7 +89,7 @@ class LoadedDecoder:
         m = self.matrix
         if isinstance(m, torch.Tensor):
             return m[start:stop].detach().to("cpu").contiguous()
-        part = np.ascontiguousarray(m[start:stop])
+        part = np.array(m[start:stop], order="C", copy=True)  # one block, writable: torch wants that
         if self.matrix_dtype == "bfloat16":
             return torch.from_numpy(part.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(part)
