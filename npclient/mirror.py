@@ -85,6 +85,15 @@ class Mirror:
             except duckdb.Error as exc:
                 raise QueryError(str(exc).strip().splitlines()[0]) from None
 
+    def decoder(self, source: SourceId | str, device: Optional[str] = None, dtype: Optional[str] = None) -> Any:
+        """The attached decoder (`np-mirror weights add`) as a torch tensor, d_sae x d_in, memory-mapped.
+
+        Row i is feature i of `source`; torch loads only here.
+        """
+        from .weights import decoder
+
+        return decoder(self.db, source, device=device, dtype=dtype)
+
     def status(self) -> list[dict[str, Any]]:
         """Per source: features present / total, activations, explanations, failures, last fetch."""
         return status_rows(self.db)

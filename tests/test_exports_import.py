@@ -160,3 +160,17 @@ def _imported(path) -> int:
         return 0
     finally:
         con.close()
+
+
+def test_records_of_another_source_are_refused(dump, tmp_path):
+    state, root = dump
+    copy = tmp_path / "dump"
+    shutil.copytree(root, copy)
+    victim = copy / "v1" / SRC.model_id / SRC.source / "activations" / "batch-0.jsonl.gz"
+    lines = gzip.decompress(victim.read_bytes()).replace(b'"layer":"3-res-jb"', b'"layer":"4-res-jb"')
+    victim.write_bytes(gzip.compress(lines))
+    mirror = Mirror(tmp_path / "m.duckdb")
+    [report] = import_tree(mirror.db, copy)
+    [(key, reason)] = report.failed.items()
+    assert key.endswith("activations/batch-0.jsonl.gz") and "another source" in reason
+    assert mirror.sql("SELECT count(*) AS n FROM activations WHERE source = '4-res-jb'").to_pylist() == [{"n": 0}]

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from . import cmd_demo, cmd_emulator, cmd_exports, cmd_fetch, cmd_read, cmd_sync
+from . import cmd_demo, cmd_emulator, cmd_exports, cmd_fetch, cmd_read, cmd_sync, cmd_weights
 from .errors import handle
 
 app = typer.Typer(
@@ -35,6 +35,7 @@ app.command("export")(cmd_exports.export)
 app.command("fetch")(cmd_fetch.fetch)
 app.command("emulator")(cmd_emulator.emulator)
 app.command("demo")(cmd_demo.demo)
+app.add_typer(cmd_weights.weights_app, name="weights")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,7 @@ LIST_COLUMNS = [
     "source_id", "loader", "d_sae", "d_in", "dtype", "architecture", "release", "sae_id",
     "nan_rows", "zero_rows", "sha256", "source_path", "decoder_path", "attached_at",
 ]
+TABLE_COLUMNS = ["source_id", "loader", "d_sae", "d_in", "dtype", "architecture", "nan_rows", "zero_rows", "sha256", "from"]
 
 
 @weights_app.command("add")
@@ -75,6 +76,12 @@ def list_(db: DbOpt = None, fmt: FormatOpt = Format.table) -> None:
 
     with open_mirror(db, read_only=True) as mirror:
         rows = [r.to_dict() for r in list_weights(mirror.db)]
-    if not rows and fmt is Format.table:
+    if fmt is not Format.table:
+        rows_out(rows, fmt, LIST_COLUMNS)
+        return
+    if not rows:
         hint("np-mirror: no weights attached; try `np-mirror weights add gpt2-small/0-res-jb --path SAE_DIR`")
-    rows_out(rows, fmt, LIST_COLUMNS)
+    for r in rows:  # a narrower view for the terminal; csv/json carry every column
+        r["sha256"] = (r["sha256"] or "")[:12]
+        r["from"] = f"{r['release']}/{r['sae_id']}" if r["loader"] == "registry" else r["source_path"]
+    rows_out(rows, fmt, TABLE_COLUMNS)

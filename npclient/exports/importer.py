@@ -12,8 +12,10 @@ richer (relations, scores) and are never replaced by an export's rows.
 from __future__ import annotations
 
 import gzip
+import os
 import re
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -30,6 +32,7 @@ from ..store.database import Database
 __all__ = ["ImportReport", "import_source_dir", "import_tree", "find_source_dirs", "PART_KINDS"]
 
 PART_KINDS = ("features", "activations", "explanations")
+IMPORT_WORKERS = min(2, os.cpu_count() or 1)
 _BATCH = re.compile(r"^batch-(\d+)\.jsonl\.gz$")
 
 # Activation and explanation records: typed columns given to read_json (unknown keys are dropped:
@@ -204,6 +207,7 @@ def import_source_dir(
     etags: Optional[dict[str, str]] = None,
     run_id: Optional[int] = None,
     parts: Iterable[str] = PART_KINDS,
+    workers: int = IMPORT_WORKERS,
 ) -> ImportReport:
     """Import one source folder (`features/`, `activations/`, `explanations*/` batches)."""
     source_dir = Path(source_dir)
@@ -214,7 +218,8 @@ def import_source_dir(
     catalog.save_source(db, sid, info, info.d_sae if info and info.d_sae else None,
                         "export source.jsonl" if info and info.d_sae else None)
     wanted = set(parts)
-    done = _imported_files(db, sid)
+    done, seen = _imported_files(db, sid)
+    jobs = []
     for kind, batch, path in _part_files(source_dir):
         if kind not in wanted:
             continue
@@ -224,35 +229,47 @@ def import_source_dir(
         if done.get(key) == (size, etag):
             report.skipped += 1
             continue
+        jobs.append((kind, batch, path, key, size, etag, key not in seen))
+
+    def run(job: tuple) -> tuple[tuple, Optional[int], str]:
+        kind, batch, path, key, size, etag, first_time = job
         try:
-            rows = _import_file(db, sid, kind, batch, path, key, size, etag, run_id)
-        except (duckdb.Error, OSError, EOFError, gzip.BadGzipFile) as exc:
-            reason = str(exc).strip().splitlines()[0][:300]
-            report.failed[key] = reason
-            _record_failure(db, sid, kind, batch, key, size, etag, reason)
-            continue
-        report.imported[kind] += 1
-        report.rows[kind] += rows
+            return job, _import_file(db, sid, kind, batch, path, key, size, etag, run_id, first_time), ""
+        except (duckdb.Error, OSError, EOFError, gzip.BadGzipFile, ExportError) as exc:
+            return job, None, str(exc).strip().splitlines()[0][:300]
+
+    # DuckDB parses one gzip stream on one thread: two batches at once use both cores.
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs) or 1))) as pool:
+        for (kind, batch, path, key, size, etag, _), rows, reason in pool.map(run, jobs):
+            if rows is None:
+                report.failed[key] = reason
+                _record_failure(db, sid, kind, batch, key, size, etag, reason)
+            else:
+                report.imported[kind] += 1
+                report.rows[kind] += rows
     _refresh_counts(db, sid)
     return report
 
 
-def _imported_files(db: Database, sid: SourceId) -> dict[str, tuple[int, Optional[str]]]:
+def _imported_files(db: Database, sid: SourceId) -> tuple[dict[str, tuple[int, Optional[str]]], set[str]]:
+    """Files imported (with their size and etag), and every file ever recorded."""
     with db.connect() as cur:
         rows = cur.execute(
-            "SELECT key, size, etag FROM export_files WHERE model_id = ? AND source = ? AND status = 'imported'",
+            "SELECT key, size, etag, status FROM export_files WHERE model_id = ? AND source = ?",
             [sid.model_id, sid.source],
         ).fetchall()
-    return {k: (size, etag) for k, size, etag in rows}
+    return {k: (size, etag) for k, size, etag, status in rows if status == "imported"}, {r[0] for r in rows}
 
 
 def _import_file(
     db: Database, sid: SourceId, kind: str, batch: int, path: Path, key: str, size: int,
-    etag: Optional[str], run_id: Optional[int],
+    etag: Optional[str], run_id: Optional[int], first_time: bool = False,
 ) -> int:
+    params = [run_id, str(path)] if kind == "features" else [str(path)]
+    if first_time:
+        return _import_new_file(db, sid, kind, batch, path, key, size, etag, params)
     with db.transaction() as cur:
         cur.execute("DROP TABLE IF EXISTS _np_import")
-        params = [run_id, str(path)] if kind == "features" else [str(path)]
         cur.execute(_STAGE[kind], params)
         try:
             strays = cur.execute(
@@ -268,18 +285,52 @@ def _import_file(
                 cur.execute(f"DELETE FROM {kind} WHERE origin = 'export' AND feature_key IN (SELECT feature_key FROM _np_import)")
                 cur.execute(f"INSERT INTO {kind} BY NAME SELECT * FROM _np_import WHERE feature_key NOT IN ({_API_KEYS})")
             rows, lo, hi = cur.execute('SELECT count(*), min("index"), max("index") FROM _np_import').fetchall()[0]
-            cur.execute(
-                """INSERT INTO export_files (key, model_id, source, kind, batch, size, etag, status, rows_imported,
-                                             min_index, max_index, error, imported_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, 'imported', ?, ?, ?, NULL, now())
-                   ON CONFLICT (key) DO UPDATE SET size = excluded.size, etag = excluded.etag, status = 'imported',
-                     rows_imported = excluded.rows_imported, min_index = excluded.min_index,
-                     max_index = excluded.max_index, error = NULL, imported_at = now()""",
-                [key, sid.model_id, sid.source, kind, batch, size, etag, rows, lo, hi],
-            )
+            _record_imported(cur, sid, kind, batch, key, size, etag, rows, lo, hi)
         finally:
             cur.execute("DROP TABLE IF EXISTS _np_import")
     return int(rows)
+
+
+def _import_new_file(
+    db: Database, sid: SourceId, kind: str, batch: int, path: Path, key: str, size: int,
+    etag: Optional[str], params: list,
+) -> int:
+    """A file never recorded before has no rows to replace: insert straight from the reader.
+
+    Skipping the staging copy is most of the cost of a first import; a rerun of a changed or
+    once-failed file takes the staged path in `_import_file`, which replaces rows.
+    """
+    select = _STAGE[kind].replace("CREATE TEMP TABLE _np_import AS", "", 1)
+    with db.transaction() as cur:
+        inserted = cur.execute(
+            f"""INSERT INTO {kind} BY NAME SELECT * FROM ({select}) WHERE feature_key NOT IN ({_API_KEYS})
+                RETURNING "index", model_id, source""",
+            params,
+        ).fetchnumpy()
+        index = inserted["index"]
+        ours = (inserted["model_id"] == sid.model_id) & (inserted["source"] == sid.source)
+        rows = int(len(index))
+        foreign = rows - int(ours.sum()) if rows else 0
+        if foreign:
+            raise ExportError(f"{key}: {foreign} records belong to another source than {sid}")
+        lo, hi = (int(index.min()), int(index.max())) if rows else (None, None)
+        _record_imported(cur, sid, kind, batch, key, size, etag, rows, lo, hi)
+    return rows
+
+
+def _record_imported(
+    cur: duckdb.DuckDBPyConnection, sid: SourceId, kind: str, batch: int, key: str, size: int,
+    etag: Optional[str], rows: int, lo: Optional[int], hi: Optional[int],
+) -> None:
+    cur.execute(
+        """INSERT INTO export_files (key, model_id, source, kind, batch, size, etag, status, rows_imported,
+                                     min_index, max_index, error, imported_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, 'imported', ?, ?, ?, NULL, now())
+           ON CONFLICT (key) DO UPDATE SET size = excluded.size, etag = excluded.etag, status = 'imported',
+             rows_imported = excluded.rows_imported, min_index = excluded.min_index,
+             max_index = excluded.max_index, error = NULL, imported_at = now()""",
+        [key, sid.model_id, sid.source, kind, batch, size, etag, rows, lo, hi],
+    )
 
 
 def _record_failure(db: Database, sid: SourceId, kind: str, batch: int, key: str, size: int, etag: Optional[str], reason: str) -> None:

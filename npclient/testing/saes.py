@@ -43,8 +43,11 @@ __all__ = [
     "write_sae_folder",
     "write_head",
     "make_sae",
+    "write_hf_cache",
     "HEAD_FILENAME",
     "min_d_sae",
+    "can_plant",
+    "make_emulator_sae",
 ]
 
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -128,6 +131,25 @@ class PlantedSAE:
             out.extend(children)
         return out
 
+    # The foundation's `SyntheticDecoder` names, so the emulator can serve either decoder.
+    @property
+    def weights(self) -> np.ndarray:
+        """Alias of `W_dec` (float32, d_sae x d_in)."""
+        return self.W_dec
+
+    @property
+    def circle(self) -> list[int]:
+        """The 7-feature circle (`days`), in circle order."""
+        return list(self.days)
+
+    @property
+    def planted(self) -> list[int]:
+        """Every planted index except noise features, in a stable order."""
+        out: list[int] = list(self.days) + list(self.months) + self.tree_nodes
+        for part in (self.family_parents, self.null_space, self.suppressed, self.zero_rows, self.nan_rows):
+            out.extend(part)
+        return out
+
     def truth(self) -> dict[str, list[int]]:
         """Every planted index set by name."""
         return {
@@ -162,6 +184,11 @@ def _orthogonal_to(rng: np.random.Generator, basis: np.ndarray, v: np.ndarray, n
 def min_d_sae(n_families: int = 8, n_null: int = 6, n_suppressed: int = 6) -> int:
     tree = 1 + sum(1 + len(g) for _, g in TREE[1])
     return len(DAYS) + len(MONTHS) + tree + n_families + n_null + n_suppressed + 1 + 8
+
+
+def can_plant(d_sae: int, d_in: int) -> bool:
+    """Whether `plant(d_sae, d_in)` (default sizes) fits; the emulator falls back otherwise."""
+    return d_in >= 24 and d_sae >= min_d_sae()
 
 
 def plant(
@@ -424,3 +451,76 @@ def make_sae(
     wide = write_sae_folder(root / "wide", W_wide, neuronpedia_id=wide_neuronpedia_id,
                             model_name=model_name, hook_name=hook_name, dtype=dtype)
     return SyntheticSAE(narrow, wide, head_path, planted, W_wide, families, neuronpedia_id, wide_neuronpedia_id)
+
+
+def make_emulator_sae(
+    root: str | Path,
+    state,
+    model_id: str,
+    source_id: str,
+    *,
+    d_sae_wide: Optional[int] = None,
+    neuronpedia_id: Optional[str] = None,
+    dtype: str = "float32",
+) -> SyntheticSAE:
+    """Write the SAE that an `EmulatorState` serves for (model_id, source_id), row for row.
+
+    Same d_sae, d_in and seed (`state.decoder_seed`) as the emulator's decoder, so feature i
+    of the emulator is row i of the folder's `W_dec`; `neuronpedia_id` defaults to
+    "model_id/source_id". The wide SAE has `d_sae_wide` (default 2 x d_sae) features.
+    """
+    spec = state.source(model_id, source_id)
+    if spec is None or spec.kind != "sae":
+        raise KeyError(f"{model_id}/{source_id} is not an SAE source of this emulator")
+    if not can_plant(spec.d_sae, spec.d_in):
+        raise ValueError(f"{model_id}/{source_id} is too small for a planted SAE (d_sae >= {min_d_sae()}, d_in >= 24)")
+    return make_sae(
+        root, d_in=spec.d_in, d_sae=spec.d_sae, d_sae_wide=d_sae_wide or 2 * spec.d_sae,
+        seed=state.decoder_seed(model_id, source_id),
+        neuronpedia_id=neuronpedia_id or f"{model_id}/{source_id}", model_name=model_id,
+        hook_name=getattr(spec, "hook", None), dtype=dtype,
+    )
+
+
+def write_hf_cache(
+    cache_dir: str | Path,
+    repo_id: str,
+    folder_name: str,
+    sae_folder: str | Path,
+    *,
+    revision: str = "main",
+) -> Path:
+    """Lay `sae_folder`'s files out in a Hugging Face hub cache as `hf_hub_download` leaves them.
+
+    `<cache_dir>/models--<org>--<name>/blobs/<sha256>` holds each file,
+    `snapshots/<commit>/<folder_name>/<file>` links to it (a relative symlink, or a copy where
+    links are not allowed) and `refs/<revision>` holds the commit hash (no newline). With
+    `HF_HUB_OFFLINE=1` and `HF_HUB_CACHE=cache_dir`, `SAE.from_pretrained` then loads the
+    release whose registry entry points at (repo_id, folder_name) without any network.
+    Returns the snapshot folder of `folder_name`.
+    """
+    import hashlib
+    import os
+    import shutil
+
+    repo_dir = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+    files = sorted(p for p in Path(sae_folder).iterdir() if p.is_file())
+    digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    commit = hashlib.sha1(json.dumps([folder_name, sorted(digests.items())]).encode()).hexdigest()
+    snapshot = repo_dir / "snapshots" / commit / folder_name
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo_dir / "blobs").mkdir(parents=True, exist_ok=True)
+    for p in files:
+        blob = repo_dir / "blobs" / digests[p.name]
+        if not blob.exists():
+            shutil.copyfile(p, blob)
+        link = snapshot / p.name
+        if link.exists() or link.is_symlink():
+            link.unlink()
+        try:
+            link.symlink_to(os.path.relpath(blob, link.parent))
+        except OSError:
+            shutil.copyfile(blob, link)
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs" / revision).write_text(commit)
+    return snapshot

@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 DTYPES = ("float32", "bfloat16", "float16")
-_BLOCK_ROWS = 4096
+_BLOCK_BYTES = 8 << 20  # rows copied at a time: ~8 MB of float32 per block
 _TABLE = "weights"
 
 # Schema v1 (store/schema.py) is frozen: mirrors already exist with it, and a version bump
@@ -279,7 +279,7 @@ def attach(
     dtype: str = "float32",
     loader: Union[str, DecoderLoader, None] = None,
     root: Union[str, Path, None] = None,
-    block_rows: int = _BLOCK_ROWS,
+    block_rows: Optional[int] = None,
 ) -> WeightsRecord:
     """Load `source`'s decoder, check it, keep a copy and record it; return the record.
 
@@ -292,7 +292,7 @@ def attach(
     sid = _sid(source)
     p = Path(path).expanduser() if path is not None else None
     _check_request(p, tensor, transpose, release, sae_id, dtype)
-    if block_rows < 1:
+    if block_rows is not None and block_rows < 1:
         raise ValueError("block_rows must be >= 1")
 
     expected_id: Optional[str] = None  # what sae_lens's registry says (release, sae_id) is
@@ -320,6 +320,12 @@ def attach(
     loaded.release = loaded.release or release
     loaded.sae_id = loaded.sae_id or sae_id
     _validate(sid, loaded, feature_count, expected_id)
+    if feature_count is None:
+        loaded.notes.append(f"the mirror does not know {sid}'s feature count (sync it first), so d_sae={loaded.d_sae} was not checked")
+    if loaded.d_sae < loaded.d_in and not loaded.output_space:
+        loaded.notes.append(f"d_sae={loaded.d_sae} < d_in={loaded.d_in}: is the tensor stored d_in x d_sae (--transpose)?")
+    if block_rows is None:
+        block_rows = max(1, _BLOCK_BYTES // (4 * loaded.d_in))
 
     folder = Path(root).expanduser() if root is not None else weights_root()
     target = folder / sid.model_id / sid.source

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ..saes import MONTHS, PlantedSAE, can_plant, plant
 from ..synthetic import SyntheticDecoder, make_synthetic
 from .config import EmulatorConfig, FaultConfig, RateLimitConfig, SourceSpec
 from .faults import FaultInjector, stable_unit
@@ -35,6 +36,7 @@ CREATOR_NAME = "bot"
 VECTOR_USER = {"id": "clv7x2hdl0001gq8u3m0rlk2b", "name": "synthetic-user"}
 
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+# Explanations of the fallback decoder (`make_synthetic`, sources too small for `saes.plant`).
 FAMILY_TOPICS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sports", ("football", "basketball", "tennis", "golf")),
     ("colors", ("red", "green", "blue", "yellow")),
@@ -207,7 +209,7 @@ class RequestLog:
 @dataclass
 class _SaeData:
     spec: SourceSpec
-    decoder: SyntheticDecoder
+    decoder: PlantedSAE | SyntheticDecoder  # both have .weights, .circle, .zero_rows, .planted
     present: np.ndarray  # bool, not a hole
     status: np.ndarray  # int8: 0 live, 1 dead (maxActApprox 0), 2 maxActApprox null
     max_act: np.ndarray  # float64
@@ -480,10 +482,19 @@ class EmulatorState:
                 self._sae[key] = self._build_sae(spec)
             return self._sae[key]
 
+    def decoder_seed(self, model_id: str, source_id: str) -> int:
+        """The seed of a source's decoder: `saes.plant(d_sae, d_in, seed)` (or `make_sae(...,
+        seed=seed)`) rebuilds its rows exactly (see `saes.make_emulator_sae`)."""
+        return int.from_bytes(_digest(*self._seed("decoder", model_id, source_id))[:4], "little")
+
     def _build_sae(self, spec: SourceSpec) -> _SaeData:
         n = spec.d_sae
-        dec_seed = int.from_bytes(_digest(*self._seed("decoder", spec.model_id, spec.source_id))[:4], "little")
-        decoder = make_synthetic(n, spec.d_in, dec_seed)
+        dec_seed = self.decoder_seed(spec.model_id, spec.source_id)
+        decoder: PlantedSAE | SyntheticDecoder
+        if can_plant(n, spec.d_in):
+            decoder = plant(n, spec.d_in, dec_seed)
+        else:  # too small for the planted SAE: the foundation's decoder
+            decoder = make_synthetic(n, spec.d_in, dec_seed)
         rng = _rng(*self._seed("meta", spec.model_id, spec.source_id))
         u_hole = np.array(
             [stable_unit(b"hole", self.config.seed, spec.model_id, spec.source_id, i) for i in range(n)]
@@ -509,16 +520,40 @@ class EmulatorState:
         planted = decoder.planted
         present[planted] = True
         status[planted] = 0
-        for pos, idx in enumerate(decoder.circle):
-            day = DAYS[pos % len(DAYS)]
-            descriptions[idx] = (day, f"mentions of {day} and other days of the week")
-            keyword[idx] = day
-        for (parent, children), (topic_name, names) in zip(decoder.families.items(), FAMILY_TOPICS):
-            descriptions[parent] = (topic_name,)
-            keyword[parent] = topic_name
-            for child, name in zip(children, names):
-                descriptions[child] = (f"{name} ({topic_name})",)
-                keyword[child] = name
+        if isinstance(decoder, PlantedSAE):
+            # Every labelled feature (days, months, tree) has its label as first explanation,
+            # first both in GET's score order and in storage (id) order, which exports follow.
+            def label_first(idx: int, label: str, other: str | None) -> None:
+                keyword[idx] = label
+                if other is None:
+                    descriptions[idx] = (label,)
+                    return
+                ids = [_cuid("expl", self.config.seed, spec.model_id, spec.source_id, idx, j) for j in (0, 1)]
+                j = 0 if ids[0] < ids[1] else 1
+                descriptions[idx] = (label, other) if j == 0 else (other, label)
+                if expl_scores[idx, j] < expl_scores[idx, 1 - j]:
+                    expl_scores[idx] = expl_scores[idx, ::-1].copy()
+
+            labels = decoder.labels
+            for idx in decoder.days:
+                label_first(idx, labels[idx], f"mentions of {labels[idx]} and other days of the week")
+            for idx in decoder.months:
+                label_first(idx, labels[idx], f"mentions of {labels[idx]} and other months of the year")
+            label_first(decoder.tree_root, labels[decoder.tree_root], None)
+            for parent, children in decoder.tree.items():
+                for child in children:
+                    label_first(child, labels[child], f"{labels[child]} ({labels[parent]})")
+        else:
+            for pos, idx in enumerate(decoder.circle):
+                day = DAYS[pos % len(DAYS)]
+                descriptions[idx] = (day, f"mentions of {day} and other days of the week")
+                keyword[idx] = day
+            for (parent, children), (topic_name, names) in zip(decoder.families.items(), FAMILY_TOPICS):
+                descriptions[parent] = (topic_name,)
+                keyword[parent] = topic_name
+                for child, name in zip(children, names):
+                    descriptions[child] = (f"{name} ({topic_name})",)
+                    keyword[child] = name
         max_act[status == 1] = 0.0
         offset_indices = [int(i) for i in np.flatnonzero(present & (status == 0))]
         return _SaeData(spec, decoder, present, status, max_act, descriptions, expl_scores, expl_kind,
@@ -550,8 +585,10 @@ class EmulatorState:
                 self._vec[key] = _VectorData(spec, indices, vectors, lab, strength)
             return self._vec[key]
 
-    def decoder(self, model_id: str, source_id: str) -> SyntheticDecoder:
-        """The synthetic decoder behind a source's `topkCosSim*` (KeyError if no such SAE)."""
+    def decoder(self, model_id: str, source_id: str) -> PlantedSAE | SyntheticDecoder:
+        """The decoder behind a source's `topkCosSim*` (KeyError if no such SAE): the planted
+        SAE of `saes.plant` (labels, days, months, tree, ...), or for a source too small to hold
+        it the foundation's `make_synthetic` decoder. Both expose `.weights`."""
         data = self.sae_data(model_id, source_id)
         if data is None:
             raise KeyError(f"{model_id}/{source_id} is not an SAE source")
