@@ -24,27 +24,24 @@ import asyncio
 import base64
 import hashlib
 import os
-import socket
 import stat
-import struct
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote_plus
 from xml.sax.saxutils import escape
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .server import ThreadedServer
 
 __all__ = [
     "S3Faults",
@@ -795,12 +792,14 @@ def create_s3_app(
 # --------------------------------------------------------------------------- server
 
 
-class S3Server:
+class S3Server(ThreadedServer):
     """`with S3Server(root) as s3: httpx.get(s3.url + "/neuronpedia-datasets?list-type=2")`.
 
     uvicorn in a daemon thread, 127.0.0.1 and an ephemeral port by default. `bucket_url` is
     `url + "/" + bucket`. `faults` may be changed while it runs; `requests` is the log.
     """
+
+    thread_name = "npclient-s3"
 
     def __init__(
         self,
@@ -813,17 +812,12 @@ class S3Server:
         multipart_threshold: int = 8 * MIB,
         part_size: int = 8 * MIB,
     ) -> None:
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            raise ValueError("the S3 stand-in only binds loopback addresses")
+        super().__init__(host, port)
         self.root = Path(root)
         self.bucket = bucket
-        self.host = host
-        self._port = port
         self.app = create_s3_app(self.root, bucket, faults=faults, multipart_threshold=multipart_threshold,
                                  part_size=part_size)
         self.app.state.s3_closer[0] = self._close_connection
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def store(self) -> _Store:
@@ -846,89 +840,7 @@ class S3Server:
     def reset(self) -> None:
         self.store.reset()
 
-    # ---------------------------------------------------------------- lifecycle
-
-    def start(self, timeout: float = 10.0) -> S3Server:
-        if self._thread is not None:
-            raise RuntimeError("server already started")
-        config = uvicorn.Config(
-            self.app, host=self.host, port=self._port, log_level="warning", log_config=None,
-            access_log=False, lifespan="off", server_header=False, timeout_keep_alive=30,
-            timeout_graceful_shutdown=1,
-        )
-        server = uvicorn.Server(config)
-        self._server = server
-        self._thread = threading.Thread(target=server.run, name="npclient-s3", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not server.started:
-            if not self._thread.is_alive():
-                self._thread = None
-                raise RuntimeError("S3 server failed to start")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError("S3 server did not start in time")
-            time.sleep(0.002)
-        self._port = server.servers[0].sockets[0].getsockname()[1]
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self._server is None or self._thread is None:
-            return
-        self._server.should_exit = True
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            self._server.force_exit = True
-            self._thread.join(timeout)
-        self._thread = None
-        self._server = None
-
-    def __enter__(self) -> S3Server:
-        return self.start() if self._thread is None else self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self._port}"
-
     @property
     def bucket_url(self) -> str:
         return f"{self.url}/{self.bucket}"
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def _close_connection(self, client: Any, hard: bool) -> bool:
-        """Close (hard: reset) the uvicorn connection serving `client` (runs on the server loop)."""
-        server = self._server
-        if server is None or client is None:
-            return False
-        want = tuple(client)
-        for proto in list(server.server_state.connections):
-            if getattr(proto, "client", None) != want:
-                continue
-            transport: asyncio.Transport | None = getattr(proto, "transport", None)
-            if transport is None:
-                return False
-            if hard:
-                sock = transport.get_extra_info("socket")
-                if sock is not None:
-                    try:
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    except OSError:
-                        pass
-                transport.abort()
-            else:
-                transport.close()
-            return True
-        return False

@@ -16,41 +16,30 @@ from .app import AppHooks, create_app
 from .config import EmulatorConfig
 from .state import EmulatorState
 
-__all__ = ["EmulatorServer"]
+__all__ = ["EmulatorServer", "ThreadedServer"]
 
 
-class EmulatorServer:
-    """`with EmulatorServer() as srv: httpx.get(srv.url + "/api/...")`.
+class ThreadedServer:
+    """An ASGI app served by uvicorn in a daemon thread on a loopback address.
 
-    Binds 127.0.0.1 on an ephemeral port by default; start and stop take well under a
-    second, so a test session can run many. `state` is shared with the app: inspect
-    `srv.state.requests`, call `srv.state.reset()`, change `srv.state.faults`.
+    Subclasses set `self.app` before `start()`. Start and stop take well under a second.
     """
 
-    def __init__(
-        self,
-        config_or_state: EmulatorConfig | EmulatorState | None = None,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        timeout_keep_alive: int = 30,
-    ) -> None:
+    thread_name = "npclient-server"
+
+    def __init__(self, host: str, port: int, *, timeout_keep_alive: int = 30) -> None:
         if host not in ("127.0.0.1", "localhost", "::1"):
-            raise ValueError("the emulator only binds loopback addresses")
-        self.state = (
-            config_or_state if isinstance(config_or_state, EmulatorState) else EmulatorState(config_or_state)
-        )
+            raise ValueError(f"{type(self).__name__} only binds loopback addresses")
         self.host = host
         self._port = port
         self._keep_alive = timeout_keep_alive
-        self.hooks = AppHooks(connection_closer=self._close_connection)
-        self.app = create_app(self.state, hooks=self.hooks)
+        self.app: Any = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, timeout: float = 10.0) -> EmulatorServer:
+    def start(self, timeout: float = 10.0) -> "ThreadedServer":
         if self._thread is not None:
             raise RuntimeError("server already started")
         config = uvicorn.Config(
@@ -68,16 +57,16 @@ class EmulatorServer:
         )
         server = uvicorn.Server(config)
         self._server = server
-        self._thread = threading.Thread(target=server.run, name="npclient-emulator", daemon=True)
+        self._thread = threading.Thread(target=server.run, name=self.thread_name, daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not server.started:
             if not self._thread.is_alive():
                 self._thread = None
-                raise RuntimeError("emulator server failed to start")
+                raise RuntimeError(f"{type(self).__name__} failed to start")
             if time.monotonic() > deadline:
                 self.stop()
-                raise TimeoutError("emulator server did not start in time")
+                raise TimeoutError(f"{type(self).__name__} did not start in time")
             time.sleep(0.002)
         self._port = server.servers[0].sockets[0].getsockname()[1]
         return self
@@ -93,7 +82,7 @@ class EmulatorServer:
         self._thread = None
         self._server = None
 
-    def __enter__(self) -> EmulatorServer:
+    def __enter__(self) -> "ThreadedServer":
         return self.start() if self._thread is None else self
 
     def __exit__(
@@ -140,3 +129,29 @@ class EmulatorServer:
                 transport.close()
             return True
         return False
+
+
+class EmulatorServer(ThreadedServer):
+    """`with EmulatorServer() as srv: httpx.get(srv.url + "/api/...")`.
+
+    Binds 127.0.0.1 on an ephemeral port by default; start and stop take well under a
+    second, so a test session can run many. `state` is shared with the app: inspect
+    `srv.state.requests`, call `srv.state.reset()`, change `srv.state.faults`.
+    """
+
+    thread_name = "npclient-emulator"
+
+    def __init__(
+        self,
+        config_or_state: EmulatorConfig | EmulatorState | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        timeout_keep_alive: int = 30,
+    ) -> None:
+        super().__init__(host, port, timeout_keep_alive=timeout_keep_alive)
+        self.state = (
+            config_or_state if isinstance(config_or_state, EmulatorState) else EmulatorState(config_or_state)
+        )
+        self.hooks = AppHooks(connection_closer=self._close_connection)
+        self.app = create_app(self.state, hooks=self.hooks)
