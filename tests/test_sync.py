@@ -94,7 +94,7 @@ def test_kill_9_at_random_moments_loses_nothing(np_emulator_factory, tmp_path):
     env = {**os.environ, "NEURONPEDIA_BASE_URL": server.url, "NP_MIRROR_HOME": str(tmp_path / "home")}
     reference = tmp_path / "reference.duckdb"
     killed = tmp_path / "killed.duckdb"
-    args = ["sync", f"{SRC[0]}/{SRC[1]}", "--quiet", "--concurrency", "2"]
+    args = ["sync", f"{SRC[0]}/{SRC[1]}", "--quiet", "--concurrency", "2", "--api-only"]
     done = subprocess.run(_cli(*args, "--db", str(reference), env=env), env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr  # holes are failures
     rng = random.Random(1234)

@@ -161,16 +161,33 @@ def test_topk_cossim_matches_independent_brute_force() -> None:
 
 def test_planted_neighbours_show_up() -> None:
     st = state()
-    syn = st.decoder(M, S)
-    for parent, children in syn.families.items():
+    syn = st.decoder(M, S)  # the planted SAE of npclient.testing.saes
+    assert syn.circle == syn.days and len(syn.days) == 7 and len(syn.months) == 12
+
+    def descendants(node: int) -> list[int]:
+        out = []
+        for c in syn.tree.get(node, []):
+            out += [c] + descendants(c)
+        return out
+
+    for parent, children in syn.tree.items():  # a parent's children are among its nearest subtree
         f = st.feature(M, S, parent)
-        assert set(children) <= set(f["topkCosSimIndices"][1 : 1 + len(children)])
-    for k, i in enumerate(syn.circle):  # both neighbours on the circle come right after self
-        ring = {syn.circle[(k - 1) % 7], syn.circle[(k + 1) % 7]}
-        assert set(st.feature(M, S, i)["topkCosSimIndices"][1:3]) == ring
-    days = [st.feature(M, S, i)["explanations"] for i in syn.circle]
-    descs = {e["description"] for ex in days for e in ex}
-    assert {"Monday", "Tuesday", "Sunday"} <= descs
+        assert set(children) <= set(f["topkCosSimIndices"][1 : 1 + len(descendants(parent))])
+        for child in children:  # and the parent is among the child's nearest relatives
+            near = st.feature(M, S, child)["topkCosSimIndices"][1 : 2 + len(syn.tree.get(child, []))]
+            assert parent in near
+    for ring in (syn.days, syn.months):  # both neighbours on each circle come right after self
+        n = len(ring)
+        for k, i in enumerate(ring):
+            assert set(st.feature(M, S, i)["topkCosSimIndices"][1:3]) == {ring[(k - 1) % n], ring[(k + 1) % n]}
+    # each labelled feature's first explanation is its label, in GET order and storage order
+    from npclient.testing.saes import DAYS, MONTHS
+
+    assert [syn.labels[i] for i in syn.days] == list(DAYS) and [syn.labels[i] for i in syn.months] == list(MONTHS)
+    for i, label in syn.labels.items():
+        assert st.feature(M, S, i)["explanations"][0]["description"] == label
+        assert st.explanations(M, S, i)[0]["description"] == label
+    assert [st.feature(M, S, i)["explanations"][0]["description"] for i in syn.days] == list(DAYS)
 
 
 def test_holes_are_stable_and_spare_planted() -> None:
@@ -352,3 +369,20 @@ def test_payload_invariants_any_seed(seed: int, index: int) -> None:
         assert 1 <= len(a["tokens"]) == len(a["values"]) <= 8
         assert a["values"][a["maxValueTokenIndex"]] == a["maxValue"] == max(a["values"])
     assert EmulatorState(cfg).feature_bytes("gemma-2-2b", "3-gemmascope-res-16k", index) == orjson.dumps(f)
+
+
+def test_small_source_falls_back_to_the_foundation_decoder() -> None:
+    """A source too small for `saes.plant` serves `make_synthetic`'s circle and families, as before."""
+    from npclient.testing import SyntheticDecoder, make_synthetic
+    from npclient.testing.saes import min_d_sae
+
+    small = SourceSpec("gpt2-small", "3-res-jb", d_sae=min_d_sae() - 1)
+    st = EmulatorState(EmulatorConfig(sources=(small,)))
+    syn = st.decoder("gpt2-small", "3-res-jb")
+    assert isinstance(syn, SyntheticDecoder)
+    assert np.array_equal(syn.weights, make_synthetic(small.d_sae, 64, st.decoder_seed("gpt2-small", "3-res-jb")).weights)
+    firsts = [st.explanations("gpt2-small", "3-res-jb", i) for i in syn.circle]
+    assert {"Monday", "Sunday"} <= {e["description"] for ex in firsts for e in ex}
+    for (parent, children), topic in zip(syn.families.items(), ("sports", "colors", "animals")):
+        assert [e["description"] for e in st.explanations("gpt2-small", "3-res-jb", parent)] == [topic]
+        assert all(st.feature("gpt2-small", "3-res-jb", c) is not None for c in children)
