@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+
+from npclient import aio
 import contextlib
 import datetime as _dt
 import importlib.metadata
@@ -292,7 +294,7 @@ def run_client_get(emu: Emulator, n: int, concurrency: int, time_limit_s: float)
     emu.reset()
     ids = [FeatureId(MODEL, SOURCE, i) for i in range(n)]
     with Meter(emu.proc.pid) as m:
-        ok, errors = asyncio.run(asyncio.wait_for(_client_fetch(emu.url, ids, concurrency), time_limit_s))
+        ok, errors = aio.run(asyncio.wait_for(_client_fetch(emu.url, ids, concurrency), time_limit_s))
     return Run(f"NeuronpediaClient GET, concurrency {concurrency}", n, m.wall_s, ok, errors, m.client_cpu_s,
                m.server_cpu_s, m.foreign_cpu_s, status_counts(emu.log()))
 
@@ -383,7 +385,7 @@ def run_paced(
         budget = Budget(limit=rate, window_s=window_s, burst=burst)
         ids = [FeatureId(MODEL, SOURCE, i) for i in range(requested)]
         with Meter(emu.proc.pid) as m:
-            sent, wall = asyncio.run(_paced_fetch(emu.url, ids, budget, cooldown_s, run_s))
+            sent, wall = aio.run(_paced_fetch(emu.url, ids, budget, cooldown_s, run_s))
         log = emu.log()
     if not log:
         raise RuntimeError("the emulator logged no request")

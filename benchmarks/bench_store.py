@@ -11,7 +11,7 @@ not a test: it never fails on time.
 from __future__ import annotations
 
 import argparse
-import asyncio
+from npclient import aio
 import platform
 import random
 import statistics
@@ -65,7 +65,7 @@ def main() -> None:
                 return await run_sync([src], db=mirror.db, client=client, options=SyncOptions())
 
         t0 = time.perf_counter()
-        summary = asyncio.run(build())
+        summary = aio.run(build())
         sync_s = time.perf_counter() - t0
         print(f"sync of {summary.fetched} features by POST batches: {sync_s:.1f} s ({summary.requests} requests, "
               f"{summary.fetched / sync_s:.0f} features/s); file {path.stat().st_size / 1e6:.0f} MB")

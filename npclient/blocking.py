@@ -12,6 +12,7 @@ import threading
 from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any, Literal, Optional, TypeVar
 
+from .aio import new_event_loop
 from .client import FeatureResult, NeuronpediaClient
 from .ids import FeatureIdLike
 from .models import Feature, ModelInfo, SearchResult, SourceSetInfo, VectorInfo
@@ -25,7 +26,7 @@ class BlockingClient:
     """`BlockingClient(**kwargs)` takes the same arguments as `NeuronpediaClient`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="npclient-loop", daemon=True)
         self._thread.start()
         self._client: NeuronpediaClient = self._run(_make(args, kwargs))

@@ -36,7 +36,7 @@ class NPModelBase(BaseModel):
 
     model_config = ConfigDict(
         extra="allow",
-        populate_by_name=True,
+        populate_by_name=False,  # by alias only: a stray `creator_id` key is an unknown field, not `creatorId`
         protected_namespaces=(),
         arbitrary_types_allowed=False,
     )

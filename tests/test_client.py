@@ -98,12 +98,14 @@ async def test_malformed_ids_fail_before_any_request(np_emulator):
 
 async def test_after_a_429_no_request_leaves_until_the_cooldown_ends(np_emulator_factory):
     server = np_emulator_factory(
-        rate_limit=RateLimitConfig(api_limit=10, window_s=1.0, algorithm="log"),
+        rate_limit=RateLimitConfig(api_limit=10, window_s=3.0, algorithm="log"),
     )
-    cooldown = 1.5
-    # Our budget is far above the server's: we hit its limit on purpose.
-    async with client_for(server, budget=Budget(limit=1000, window_s=1.0, burst=1000), cooldown_s=cooldown, concurrency=4) as client:
-        results = await client.get_features(ids(30), method="get")
+    cooldown = 1.0
+    # Our budget is far above the server's: we hit its limit on purpose (11 requests in 3 s).
+    retry = RetryPolicy(max_attempts=8, initial_wait_s=0.01, max_wait_s=0.05, max_rate_limited=10)
+    async with client_for(server, budget=Budget(limit=1000, window_s=1.0, burst=1000), cooldown_s=cooldown,
+                          concurrency=4, retry=retry) as client:
+        results = await client.get_features(ids(20), method="get")
     assert all(isinstance(r, Feature) for r in results)
     log = server.state.requests
     limited = [r for r in log if r.status == 429]

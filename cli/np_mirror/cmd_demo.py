@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+from npclient import aio
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -66,10 +66,10 @@ def demo(
                 display.summary(summary)
                 return summary
 
-        first = asyncio.run(run_once())
+        first = aio.run(run_once())
         hint("3. Rerun, the bucket healed: only the failed files and features are asked for")
         s3.faults = S3Faults()
-        second = asyncio.run(run_once())
+        second = aio.run(run_once())
         s3.stop()
         hint(f"   first run {first.requests} requests, rerun {second.requests} requests")
         hint("4. np-mirror status")

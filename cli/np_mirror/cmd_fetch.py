@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+from npclient import aio
 from typing import Annotated
 
 import typer
@@ -33,7 +33,7 @@ def fetch(
         async with NeuronpediaClient(base_url, budget=budget, concurrency=concurrency) as client:
             return await client.get_features(feature_ids, method="get" if full else "post")
 
-    results = asyncio.run(run())
+    results = aio.run(run())
     failures = 0
     for fid, result in zip(feature_ids, results):
         if not isinstance(result, Feature):

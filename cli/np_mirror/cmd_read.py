@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+from npclient import aio
 from typing import Annotated, Optional
 
 import typer
@@ -32,7 +32,7 @@ def sources(
 
             return await MetaCache().get_or_fetch(f"{client.base_url}|model-list", fetch, refresh=refresh)
 
-    models = [ModelInfo.model_validate(m) for m in asyncio.run(run())]
+    models = [ModelInfo.model_validate(m) for m in aio.run(run())]
     rows = []
     for m in models:
         if model and m.id != model:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+from npclient import aio
 from typing import Annotated, Optional
 
 import typer
@@ -74,6 +74,6 @@ def sync(
                                   progress=display.update, exports=bucket)
 
     with display:
-        summary = asyncio.run(run())
+        summary = aio.run(run())
     display.summary(summary)
     raise typer.Exit(summary.exit_code)
