@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from . import cmd_demo, cmd_emulator, cmd_exports, cmd_fetch, cmd_read, cmd_sync, cmd_weights
+from . import cmd_demo, cmd_emulator, cmd_exports, cmd_fetch, cmd_geometry, cmd_read, cmd_sync, cmd_weights
 from .errors import handle
 
 app = typer.Typer(
@@ -36,6 +36,8 @@ app.command("fetch")(cmd_fetch.fetch)
 app.command("emulator")(cmd_emulator.emulator)
 app.command("demo")(cmd_demo.demo)
 app.add_typer(cmd_weights.weights_app, name="weights")
+app.command("neighbors")(cmd_geometry.neighbors)
+app.add_typer(cmd_geometry.geometry_app, name="geometry")
 
 
 def main(argv: list[str] | None = None) -> int:

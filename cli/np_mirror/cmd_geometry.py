@@ -1,0 +1,240 @@
+"""`np-mirror neighbors` and `np-mirror geometry ...`: the shape of feature space, joined with meaning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import open_mirror
+from .options import DbOpt, FormatOpt
+from .output import Format, hint, rows_out
+
+geometry_app = typer.Typer(
+    help="Geometry of SAE decoders (needs `np-mirror weights add` first); results are stored as tables "
+    "(neighbors, matches, coordinates, clusters, head_features) that SQL joins with explanations.",
+    no_args_is_help=True,
+)
+
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cuda, mps or cpu [default: the best available].", show_default=False)]
+FeaturesOpt = Annotated[Optional[str], typer.Option("--features", help="Comma-separated feature indices.", show_default=False)]
+WhereOpt = Annotated[Optional[str], typer.Option("--where", help="SQL condition on the features table, e.g. \"top_explanation ILIKE '%day%'\".", show_default=False)]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Write a plot: .png (matplotlib) or .html (plotly, works offline).", show_default=False)]
+
+
+def _features(text: Optional[str]) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise ValueError(f"--features takes comma-separated integers, got {text!r}") from None
+
+
+class _Bar:
+    """A rich progress bar on stderr for long geometry work."""
+
+    def __init__(self, label: str) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                  console=Console(stderr=True), transient=True)
+        self._task = None
+
+    def __enter__(self) -> "_Bar":
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._task is None:
+            self._task = self._progress.add_task("", total=total)
+        self._progress.update(self._task, completed=done, total=total)
+
+
+def neighbors(
+    feature_id: Annotated[str, typer.Argument(help="Feature id, e.g. gpt2-small/7-res-jb/2592.", show_default=False)],
+    k: Annotated[int, typer.Option("-k", help="How many neighbours.")] = 10,
+    against: Annotated[Optional[str], typer.Option("--against", help="Search another source's decoder (same d_in).", show_default=False)] = None,
+    db: DbOpt = None,
+    fmt: FormatOpt = Format.table,
+    device: DeviceOpt = None,
+) -> None:
+    """Nearest decoder directions of one feature, by exact cosine, with their explanations."""
+    from npclient import FeatureId
+    from npclient.geometry import api
+
+    fid = FeatureId.parse(feature_id)
+    if k < 1:
+        raise ValueError("-k must be >= 1")
+    with open_mirror(db, read_only=False) as mirror:
+        table = api.neighbors(mirror, fid, k, against=against, device=device)
+    rows_out(table.to_pylist(), fmt, ["rank", "index", "cosine", "explanation"])
+
+
+@geometry_app.command("allpairs")
+def allpairs(
+    source: Annotated[str, typer.Argument(help="Source, e.g. gpt2-small/7-res-jb.", show_default=False)],
+    k: Annotated[int, typer.Option("-k", help="Neighbours per feature (self first).")] = 25,
+    db: DbOpt = None,
+    device: DeviceOpt = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="float32 (exact), or bfloat16/float16 on a GPU.")] = "float32",
+) -> None:
+    """Every feature's k nearest neighbours, stored in the `neighbors` table."""
+    from npclient.geometry import api
+
+    with open_mirror(db, read_only=False) as mirror, _Bar("all pairs") as bar:
+        rows = api.all_pairs(mirror, source, k, device=device, dtype=dtype, progress=bar)
+    hint(f"{rows} rows in table neighbors for {source}; e.g. np-mirror sql \"SELECT * FROM neighbors n JOIN features f ON ...\"")
+
+
+@geometry_app.command("match")
+def match(
+    source_a: Annotated[str, typer.Argument(help="Source whose features are matched.", show_default=False)],
+    source_b: Annotated[str, typer.Argument(help="Source searched (e.g. a wider SAE of the same layer).", show_default=False)],
+    k: Annotated[int, typer.Option("-k", help="Matches per feature.")] = 1,
+    db: DbOpt = None,
+    fmt: FormatOpt = Format.table,
+    limit: Annotated[int, typer.Option("--limit", help="Rows printed (0: all); every match is stored in `matches`.")] = 30,
+    device: DeviceOpt = None,
+) -> None:
+    """For each feature of A its best decoder matches in B: feature splitting across widths."""
+    from npclient.geometry import api
+
+    with open_mirror(db, read_only=False) as mirror, _Bar("matching") as bar:
+        table = api.match(mirror, source_a, source_b, k, device=device, progress=bar)
+    rows = table.to_pylist()
+    rows_out(rows[:limit] if limit else rows, fmt, ["index", "explanation", "rank", "match_index", "match_explanation", "cosine"])
+
+
+@geometry_app.command("nullspace")
+def nullspace(
+    source: Annotated[str, typer.Argument(help="Source whose features are tested.", show_default=False)],
+    matrix: Annotated[Path, typer.Option("--matrix", help="A d_in x r matrix (e.g. a head's W_K): .npy, or .safetensors with --tensor.", show_default=False)],
+    tensor: Annotated[Optional[str], typer.Option("--tensor", help="Tensor name inside a .safetensors file (e.g. W_K).", show_default=False)] = None,
+    ov_tensor: Annotated[Optional[str], typer.Option("--ov-tensor", help="Also test suppression by this d_in x d_in OV map from the same file.", show_default=False)] = None,
+    threshold: Annotated[float, typer.Option("--threshold", help="A feature is invisible when at most this fraction of its squared norm lies in the matrix's column space (a random direction has about r/d_in).")] = 0.01,
+    db: DbOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Features a head cannot see (null space of W_K), and those its OV map suppresses."""
+    from npclient.geometry import api
+
+    M = _load_matrix(matrix, tensor)
+    ov = _load_matrix(matrix, ov_tensor) if ov_tensor else None
+    name = f"{matrix.name}:{tensor}" if tensor else matrix.name
+    with open_mirror(db, read_only=False) as mirror:
+        table = api.head_features(mirror, source, M, name=name, threshold=threshold, ov=ov)
+    rows_out(table.to_pylist(), fmt, ["index", "colspace_fraction", "invisible", "suppression", "suppressed", "explanation"])
+
+
+def _load_matrix(path: Path, tensor: Optional[str]):
+    import numpy as np
+
+    if not path.is_file():
+        raise FileNotFoundError(str(path))
+    if path.suffix == ".npy":
+        return np.load(path)
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        try:
+            tensors = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several kinds
+            raise ValueError(f"{path} is not a readable safetensors file: {str(exc).splitlines()[0]}") from None
+        if tensor is None or tensor not in tensors:
+            raise ValueError(f"name the tensor with --tensor; {path.name} has: {', '.join(sorted(tensors))}")
+        return tensors[tensor]
+    raise ValueError(f"--matrix must be a .npy or .safetensors file, got {path.name}")
+
+
+def _selection(mirror, source: str, features: Optional[str], where: Optional[str]):
+    from npclient.geometry import api
+
+    chosen = api.select_features(mirror, source, features=_features(features), where=where)
+    if len(chosen) < 2:
+        raise ValueError(f"the selection has {len(chosen)} feature(s); at least 2 are needed")
+    return chosen
+
+
+@geometry_app.command("pca")
+def pca(
+    source: Annotated[str, typer.Argument(show_default=False, help="Source, e.g. gpt2-small/7-res-jb.")],
+    features: FeaturesOpt = None,
+    where: WhereOpt = None,
+    out: OutOpt = None,
+    db: DbOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """PCA of a feature set's decoder rows (the days of the week lie on a circle), stored in `coordinates`."""
+    from npclient.geometry import api
+
+    with open_mirror(db, read_only=False) as mirror:
+        chosen = _selection(mirror, source, features, where)
+        result, table = api.pca(mirror, source, chosen)
+    ratio = ", ".join(f"{v:.3f}" for v in list(result.explained_variance_ratio)[:2])
+    hint(f"explained variance ratio: {ratio}")
+    rows_out(table.to_pylist(), fmt, ["index", "x", "y", "explanation"])
+    if out is not None:
+        from npclient.geometry.plots import plot_pca
+
+        plot_pca(result, table.column("explanation").to_pylist(), out)
+        hint(f"wrote {out}")
+
+
+@geometry_app.command("umap")
+def umap(
+    source: Annotated[str, typer.Argument(show_default=False, help="Source, e.g. gpt2-small/7-res-jb.")],
+    features: FeaturesOpt = None,
+    where: WhereOpt = None,
+    k: Annotated[int, typer.Option("-k", help="Neighbours in the kNN graph.")] = 15,
+    out: OutOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """UMAP of a source's decoder (or a subset), on our exact cosine kNN graph, stored in `coordinates`."""
+    from npclient.geometry import api
+
+    with open_mirror(db, read_only=False) as mirror:
+        chosen = _selection(mirror, source, features, where) if (features or where) else None
+        with _Bar("umap") as bar:
+            table = api.umap(mirror, source, features=chosen, k=k, progress=bar)
+    hint(f"{table.num_rows} points in table coordinates (method 'umap')")
+    if out is not None:
+        import numpy as np
+
+        from npclient.geometry.plots import plot_umap
+
+        coords = np.column_stack([table.column("x").to_numpy(), table.column("y").to_numpy()])
+        plot_umap(coords, table.column("explanation").to_pylist(), out)
+        hint(f"wrote {out}")
+
+
+@geometry_app.command("cluster")
+def cluster(
+    source: Annotated[str, typer.Argument(show_default=False, help="Source, e.g. gpt2-small/7-res-jb.")],
+    features: FeaturesOpt = None,
+    where: WhereOpt = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", help="Cut the tree at this cosine distance.", show_default=False)] = None,
+    n_clusters: Annotated[Optional[int], typer.Option("--clusters", help="Or cut it into this many clusters.", show_default=False)] = None,
+    out: OutOpt = None,
+    db: DbOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Hierarchical clustering (cosine, average linkage) of a feature set; refuses sets over 5,000."""
+    from npclient.geometry import api
+
+    if threshold is None and n_clusters is None:
+        threshold = 0.5
+    with open_mirror(db, read_only=False) as mirror:
+        chosen = _selection(mirror, source, features, where)
+        result, table = api.cluster(mirror, source, chosen, threshold=threshold, n_clusters=n_clusters)
+    rows_out(sorted(table.to_pylist(), key=lambda r: (r["label"], r["index"])), fmt, ["label", "index", "explanation"])
+    if out is not None:
+        from npclient.geometry.plots import plot_dendrogram
+
+        plot_dendrogram(result, table.column("explanation").to_pylist(), out)
+        hint(f"wrote {out}")

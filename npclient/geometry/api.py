@@ -1,0 +1,213 @@
+"""Geometry questions asked of a mirror: decoder rows in, tables joined with explanations out.
+
+Each function takes a `Mirror` whose source has weights attached (`np-mirror weights add`),
+runs the torch engine (`knn`, `subspace`), stores what is worth keeping (`results`), and
+returns an Arrow table that carries each feature's top explanation, so a researcher reads
+meanings, not indices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import QueryError, WeightsError
+from ..ids import FeatureId, FeatureIdLike, SourceId
+from . import results
+
+if TYPE_CHECKING:
+    from ..mirror import Mirror
+
+SourceLike = Union[SourceId, str]
+Progress = Optional[Callable[[int, int], None]]
+
+#: Hierarchical clustering needs every pairwise distance of the set: n² of them.
+CLUSTER_CAP = 5000
+
+
+def _sid(source: SourceLike) -> SourceId:
+    return source if isinstance(source, SourceId) else SourceId.parse(source)
+
+
+def _decoder(mirror: "Mirror", sid: SourceId, device: Any = None) -> Any:
+    return mirror.decoder(sid, device=device)
+
+
+def with_explanations(mirror: "Mirror", sid: SourceId, table: pa.Table, column: str = "index",
+                      name: str = "explanation") -> pa.Table:
+    """`table` plus the top explanation of the feature in `column` (null when unknown)."""
+    with mirror.db.connect() as cur:
+        cur.register("_np_result", table)
+        try:
+            return cur.sql(
+                f"""SELECT r.*, f.top_explanation AS "{name}" FROM _np_result r
+                    LEFT JOIN features f ON f.model_id = ? AND f.source = ? AND f."index" = r."{column}"
+                    ORDER BY r.rowid_""",
+                params=[sid.model_id, sid.source],
+            ).to_arrow_table().drop_columns(["rowid_"])
+        finally:
+            cur.unregister("_np_result")
+
+
+def _numbered(columns: dict[str, Any]) -> pa.Table:
+    n = len(next(iter(columns.values())))
+    return pa.table({"rowid_": pa.array(np.arange(n, dtype=np.int64)), **columns})
+
+
+def select_features(mirror: "Mirror", source: SourceLike, *, features: Optional[Sequence[int]] = None,
+                    where: Optional[str] = None) -> np.ndarray:
+    """Feature indices by list or by a SQL condition on the `features` table (e.g. `top_explanation ILIKE '%day%'`)."""
+    sid = _sid(source)
+    if features is not None and where is not None:
+        raise ValueError("give --features or --where, not both")
+    if features is not None:
+        return np.asarray(sorted(set(int(i) for i in features)), dtype=np.int64)
+    if where is None:
+        raise ValueError("choose the features: --features 1,2,3 or --where \"top_explanation ILIKE '%day%'\"")
+    try:
+        table = mirror.sql(
+            f'SELECT "index" FROM features WHERE model_id = ? AND source = ? AND ({where}) ORDER BY "index"',
+            [sid.model_id, sid.source],
+        )
+    except QueryError as exc:
+        raise QueryError(f"--where {where!r}: {exc}") from None
+    return np.asarray(table.column("index").to_pylist(), dtype=np.int64)
+
+
+def neighbors(mirror: "Mirror", feature: FeatureIdLike, k: int = 10, *, against: Optional[SourceLike] = None,
+              device: Any = None) -> pa.Table:
+    """The k nearest decoder directions of one feature (in its own source, or in `against`).
+
+    Within its own source a stored all-pairs table is reused when it holds k neighbours;
+    otherwise one exact blocked query runs against the decoder.
+    """
+    from .knn import topk_cosine
+
+    fid = FeatureId.coerce(feature)
+    sid = fid.source_id
+    target = _sid(against) if against is not None else sid
+    if target == sid and results.stored_neighbors_k(mirror.db, sid) >= k:
+        table = mirror.sql(
+            """SELECT rank, neighbor_index AS "index", cosine FROM neighbors
+               WHERE model_id = ? AND source = ? AND "index" = ? AND rank < ? ORDER BY rank""",
+            [sid.model_id, sid.source, fid.index, k],
+        )
+        return with_explanations(mirror, target, _numbered({c: table.column(c) for c in table.column_names}))
+    W = _decoder(mirror, sid, device)
+    if not 0 <= fid.index < W.shape[0]:
+        raise WeightsError(f"{fid}: index outside the attached decoder's {W.shape[0]} rows")
+    keys = W if target == sid else _decoder(mirror, target, device)
+    found = topk_cosine(W[fid.index : fid.index + 1], keys, k, device=device)
+    return with_explanations(mirror, target, _numbered({
+        "rank": pa.array(np.arange(k, dtype=np.int32)),
+        "index": pa.array(found.indices[0].numpy().astype(np.int64)),
+        "cosine": pa.array(found.values[0].double().numpy()),
+    }))
+
+
+def all_pairs(mirror: "Mirror", source: SourceLike, k: int = 25, *, device: Any = None, dtype: Any = None,
+              progress: Progress = None) -> int:
+    """Every feature's k nearest neighbours (self first), stored in `neighbors`; returns rows written."""
+    from .knn import all_pairs_topk
+
+    sid = _sid(source)
+    W = _decoder(mirror, sid, device)
+    found = all_pairs_topk(W, k, device=device, dtype=dtype, progress=progress)
+    return results.save_neighbors(mirror.db, sid, found.values.numpy(), found.indices.numpy())
+
+
+def match(mirror: "Mirror", source_a: SourceLike, source_b: SourceLike, k: int = 1, *, device: Any = None,
+          progress: Progress = None) -> pa.Table:
+    """For each feature of A its k best decoder matches in B (feature splitting across widths), stored in `matches`."""
+    from .knn import topk_cosine
+
+    a, b = _sid(source_a), _sid(source_b)
+    WA, WB = _decoder(mirror, a, device), _decoder(mirror, b, device)
+    if WA.shape[1] != WB.shape[1]:
+        raise WeightsError(f"{a} has d_in {WA.shape[1]} but {b} has {WB.shape[1]}: they live in different spaces")
+    found = topk_cosine(WA, WB, k, device=device, progress=progress)
+    results.save_matches(mirror.db, a, b, found.values.numpy(), found.indices.numpy())
+    n = WA.shape[0]
+    table = _numbered({
+        "index": pa.array(np.repeat(np.arange(n), k)),
+        "rank": pa.array(np.tile(np.arange(k, dtype=np.int32), n)),
+        "match_index": pa.array(found.indices.numpy().reshape(-1).astype(np.int64)),
+        "cosine": pa.array(found.values.double().numpy().reshape(-1)),
+    })
+    table = with_explanations(mirror, a, _numbered({c: table.column(c) for c in table.column_names if c != "rowid_"}))
+    return with_explanations(mirror, b, _numbered({c: table.column(c) for c in table.column_names}),
+                             column="match_index", name="match_explanation")
+
+
+def head_features(mirror: "Mirror", source: SourceLike, matrix: Any, *, name: str, threshold: float = 0.01,
+                  ov: Any = None, suppression_threshold: Optional[float] = None) -> pa.Table:
+    """Features a head cannot see (their direction lies in the null space of `matrix`, e.g. W_K),
+    and, given an OV map, the features it suppresses. Stored in `head_features`."""
+    from .subspace import null_space_fraction, suppression
+
+    sid = _sid(source)
+    W = _decoder(mirror, sid).float().numpy()
+    M = np.asarray(matrix, dtype=np.float64)
+    if M.ndim != 2 or M.shape[0] != W.shape[1]:
+        raise WeightsError(f"the matrix must be d_in x r with d_in = {W.shape[1]}, got shape {tuple(M.shape)}")
+    ns = null_space_fraction(W, M, threshold=threshold)
+    sup_scores = sup_flags = None
+    if ov is not None:
+        kwargs = {} if suppression_threshold is None else {"threshold": suppression_threshold}
+        sup = suppression(W, np.asarray(ov, dtype=np.float64), **kwargs)
+        sup_scores = np.asarray(sup.score)
+        sup_flags = np.zeros(W.shape[0], dtype=bool)
+        sup_flags[np.asarray(sup.suppressed, dtype=np.int64)] = True
+    invisible = np.zeros(W.shape[0], dtype=bool)
+    invisible[np.asarray(ns.invisible, dtype=np.int64)] = True
+    results.save_head_features(mirror.db, sid, name, np.asarray(ns.fraction_in_colspace), invisible, sup_scores, sup_flags)
+    table = mirror.sql(
+        """SELECT "index", colspace_fraction, invisible, suppression, suppressed FROM head_features
+           WHERE model_id = ? AND source = ? AND matrix = ? AND (invisible OR suppressed) ORDER BY "index\"""",
+        [sid.model_id, sid.source, name],
+    )
+    return with_explanations(mirror, sid, _numbered({c: table.column(c) for c in table.column_names}))
+
+
+def pca(mirror: "Mirror", source: SourceLike, features: np.ndarray, *, n_components: int = 2, seed: int = 0) -> tuple[Any, pa.Table]:
+    """PCA of the chosen features' decoder rows (e.g. the days of the week), stored in `coordinates`."""
+    from .subspace import pca as run_pca
+
+    sid = _sid(source)
+    result = run_pca(_decoder(mirror, sid).float().numpy(), features, n_components=n_components, seed=seed)
+    coords = np.asarray(result.coords)
+    feats = np.asarray(result.features)
+    results.save_coordinates(mirror.db, sid, "pca", feats, coords[:, :2])
+    return result, with_explanations(mirror, sid, _numbered({
+        "index": pa.array(feats.astype(np.int64)), "x": pa.array(coords[:, 0]), "y": pa.array(coords[:, 1])}))
+
+
+def umap(mirror: "Mirror", source: SourceLike, *, features: Optional[np.ndarray] = None, k: int = 15, seed: int = 0,
+         progress: Progress = None) -> pa.Table:
+    """UMAP of a source's decoder fed our exact kNN graph (cosine), stored in `coordinates`."""
+    from .subspace import umap_embed
+
+    sid = _sid(source)
+    W = _decoder(mirror, sid).float().numpy()
+    feats = np.arange(W.shape[0]) if features is None else np.asarray(features, dtype=np.int64)
+    coords = np.asarray(umap_embed(W, k=k, seed=seed, features=None if features is None else feats, progress=progress))
+    results.save_coordinates(mirror.db, sid, "umap", feats, coords)
+    return with_explanations(mirror, sid, _numbered({
+        "index": pa.array(feats.astype(np.int64)), "x": pa.array(coords[:, 0]), "y": pa.array(coords[:, 1])}))
+
+
+def cluster(mirror: "Mirror", source: SourceLike, features: np.ndarray, *, threshold: Optional[float] = None,
+            n_clusters: Optional[int] = None, run: str = "default") -> tuple[Any, pa.Table]:
+    """Hierarchical clustering (cosine, average linkage) of a chosen set, stored in `clusters`."""
+    from .subspace import cluster as run_cluster
+
+    sid = _sid(source)
+    result = run_cluster(_decoder(mirror, sid).float().numpy(), features, threshold=threshold,
+                         n_clusters=n_clusters, max_features=CLUSTER_CAP)
+    feats = np.asarray(result.features)
+    results.save_clusters(mirror.db, sid, run, feats, np.asarray(result.labels), result.leaf_order)
+    return result, with_explanations(mirror, sid, _numbered({
+        "index": pa.array(feats.astype(np.int64)), "label": pa.array(np.asarray(result.labels).astype(np.int32))}))

@@ -1,0 +1,725 @@
+"""Exact top-k cosine neighbours of decoder rows: blocked matmuls with a running top-k.
+
+Memory is O(n*k + block), never an n x n matrix. The search follows faiss's
+`knn_ground_truth` (contrib/exhaustive_search.py): the keys come in blocks, each block is
+searched (`q @ block.T`), its local ids are shifted, and the candidates are merged into a
+running top-k (`merge_topk`, the one merge shared by every path).
+
+Conventions (those of Neuronpedia's `topkCosSimIndices/Values`, as the emulator serves them):
+
+- A row whose cosine is undefined (all zeros, or any NaN/Inf) is *invalid*. For a valid query,
+  the valid keys come first by cosine (descending, ties by index), then the invalid keys in
+  index order with NaN values. An invalid query gets NaN values and the keys in index order.
+- `all_pairs_topk` lists each row itself first (1.0, or NaN for an invalid row), then its k-1
+  nearest other rows as above.
+
+Selection. After the matmul of a block, the candidates are chosen in one of two ways:
+
+- *dense* (GPUs, and any row whose running top-k is not yet full): `torch.topk` of the block
+  along the row axis (and along the column axis for the symmetric all-pairs), merged into the
+  running top-k;
+- *threshold* (CPU, once rows are full): each row's running k-th value is a threshold; one
+  compare pass over the block (two in all-pairs: against the row thresholds and the column
+  thresholds) and one `nonzero` find the few entries that can still enter a top-k (for random
+  rows about k*ln(n/k) per row over the whole run), which are scattered into a small padded
+  matrix and merged. Exact: an entry below a row's current k-th value can never be in its
+  final top-k.
+
+All-pairs uses the symmetry of W·Wᵀ: block (i, j) with j >= i is computed once; its rows feed
+row block i and its columns (the transpose) feed row block j. Blocks are visited row block by
+row block, columns ascending, so each row receives its candidates in ascending column order.
+
+Low precision (bfloat16/float16, for GPUs) selects with the low-precision matmul and then
+rescores the chosen neighbours in float32, so values are exact cosines; recall against a
+float32 search is what low precision can lose.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .device import DeviceLike, DTypeLike, as_float32, from_numpy, normalize_rows, pick_device, resolve_dtype
+
+__all__ = [
+    "TopK",
+    "merge_topk",
+    "topk_cosine",
+    "all_pairs_topk",
+    "feature_topk",
+    "query_topk",
+    "match_sources",
+    "default_block_rows",
+]
+
+Progress = Optional[Callable[[int, int], None]]
+Selection = Literal["auto", "threshold", "dense"]
+_NEG = float("-inf")
+_SELECTIONS = ("auto", "threshold", "dense")
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass(frozen=True, eq=False)
+class TopK:
+    """Top-k neighbours of n queries: `values` float32 (n, k), `indices` int64 (n, k), on CPU.
+
+    Row r lists query r's neighbours best first. Unpacks as `values, indices = result`.
+    """
+
+    values: torch.Tensor
+    indices: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.values.shape[1])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return iter((self.values, self.indices))
+
+    def numpy(self) -> tuple[np.ndarray, np.ndarray]:
+        """(values float32, indices int64) as numpy arrays."""
+        return self.values.cpu().numpy(), self.indices.cpu().numpy()
+
+    def row(self, r: int) -> list[tuple[int, float]]:
+        """[(index, cosine), ...] of query r, best first."""
+        return list(zip(self.indices[r].tolist(), self.values[r].tolist()))
+
+    def to_arrow(
+        self,
+        query_ids: Optional[Sequence[int] | np.ndarray | torch.Tensor] = None,
+        *,
+        query_column: str = "query",
+        neighbor_column: str = "neighbor",
+        value_column: str = "cosine",
+        rank_column: str = "rank",
+    ):
+        """A long pyarrow table: one row per (query, rank), rank 0 first.
+
+        `query_ids` names the queries (e.g. the feature indices queried); default 0..n-1.
+        """
+        import pyarrow as pa
+
+        v, i = self.numpy()
+        n, k = v.shape
+        if query_ids is None:
+            q = np.arange(n, dtype=np.int64)
+        else:
+            q = np.asarray(query_ids.cpu() if isinstance(query_ids, torch.Tensor) else query_ids, dtype=np.int64)
+            if q.shape != (n,):
+                raise ValueError(f"query_ids must have {n} entries, got shape {q.shape}")
+        return pa.table({
+            query_column: pa.array(np.repeat(q, k)),
+            rank_column: pa.array(np.tile(np.arange(k, dtype=np.int32), n)),
+            neighbor_column: pa.array(i.reshape(-1)),
+            value_column: pa.array(v.reshape(-1), type=pa.float32()),
+        })
+
+
+# --------------------------------------------------------------------------- the merge
+
+
+def _as_tensor(x: Any, dtype: torch.dtype) -> torch.Tensor:
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    return t.to(dtype)
+
+
+def _topk_merge(v: torch.Tensor, i: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hot-path merge: the k largest of each row of (v, i), unsorted. No NaN in `v`."""
+    if v.shape[1] <= k:
+        return v, i
+    tv, pos = torch.topk(v, k, dim=1, sorted=False)
+    return tv, i.gather(1, pos)
+
+
+def _sort_rows(v: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort each row by value descending (NaN as -inf), ties by index ascending, slots with
+    index < 0 (placeholders) after everything."""
+    ikey = torch.where(i < 0, torch.iinfo(torch.int64).max, i)
+    ikey, o = torch.sort(ikey, dim=1, stable=True)
+    i = i.gather(1, o)
+    v = v.gather(1, o)
+    vkey = torch.where(torch.isnan(v), _NEG, v)
+    _, o2 = torch.sort(vkey, dim=1, descending=True, stable=True)
+    return v.gather(1, o2), i.gather(1, o2)
+
+
+def merge_topk(
+    vals_a: Any, idx_a: Any, vals_b: Any, idx_b: Any, k: int, *, sorted: bool = True
+) -> TopK:
+    """Merge two candidate lists per row, (n, ka) and (n, kb), into each row's top k.
+
+    Pure: nothing is modified. NaN values rank after every number; an index < 0 marks an
+    empty slot (value -inf), ranked after everything. With `sorted=True` each row comes back
+    by value descending, ties by index ascending, so the result is deterministic; with
+    `sorted=False` it is `torch.topk`'s unordered choice (what the search loops use, NaN-free).
+    Values come back float32 and indices int64, on the inputs' device.
+    """
+    va, vb = _as_tensor(vals_a, torch.float32), _as_tensor(vals_b, torch.float32)
+    ia, ib = _as_tensor(idx_a, torch.int64), _as_tensor(idx_b, torch.int64)
+    if va.shape != ia.shape or vb.shape != ib.shape or va.ndim != 2 or va.shape[0] != vb.shape[0]:
+        raise ValueError(f"shape mismatch: values {tuple(va.shape)}/{tuple(vb.shape)}, indices "
+                         f"{tuple(ia.shape)}/{tuple(ib.shape)}")
+    v, i = torch.cat((va, vb), 1), torch.cat((ia, ib), 1)
+    k = min(int(k), v.shape[1])
+    if k < 0:
+        raise ValueError("k must be >= 0")
+    if sorted:
+        sv, si = _sort_rows(v, i)
+        return TopK(sv[:, :k].contiguous(), si[:, :k].contiguous())
+    key = torch.where(torch.isnan(v), _NEG, v)
+    _, pos = torch.topk(key, k, dim=1, sorted=False)
+    return TopK(v.gather(1, pos), i.gather(1, pos))
+
+
+class _Running:
+    """Running top-k of n rows: values, ids (-1: empty slot) and each row's k-th value."""
+
+    __slots__ = ("k", "vals", "idx", "thr")
+
+    def __init__(self, n: int, k: int, device: torch.device) -> None:
+        self.k = k
+        self.vals = torch.full((n, k), _NEG, dtype=torch.float32, device=device)
+        self.idx = torch.full((n, k), -1, dtype=torch.int64, device=device)
+        self.thr = torch.full((n,), _NEG, dtype=torch.float32, device=device)
+
+    def warm(self, r0: int, r1: int) -> bool:
+        """Whether every row in r0..r1-1 holds k candidates (its threshold is finite)."""
+        return bool(self.thr[r0:r1].min() > _NEG)
+
+    def merge(self, rows: slice | torch.Tensor, cv: torch.Tensor, ci: torch.Tensor) -> None:
+        v = torch.cat((self.vals[rows], cv.float()), 1)
+        i = torch.cat((self.idx[rows], ci), 1)
+        tv, ti = _topk_merge(v, i, self.k)
+        self.vals[rows] = tv
+        self.idx[rows] = ti
+        self.thr[rows] = tv.amin(1)
+
+
+def _dense(run: _Running, r0: int, S: torch.Tensor, ids: Callable[[torch.Tensor], torch.Tensor], *, dim: int = 1) -> None:
+    """topk of block S along `dim` (1: S's rows are run rows r0..; 0: S's columns are)."""
+    c = min(run.k, S.shape[dim])
+    if c <= 0:
+        return
+    tv, pos = torch.topk(S, c, dim=dim, sorted=False)
+    if dim == 0:
+        tv, pos = tv.T, pos.T
+    run.merge(slice(r0, r0 + tv.shape[0]), tv, ids(pos))
+
+
+def _scatter(run: _Running, base: int, n_rows: int, rl: torch.Tensor, ci: torch.Tensor, v: torch.Tensor,
+             presorted: bool) -> None:
+    """Merge a sparse candidate list (local row rl, key id ci, value v) into rows base + rl."""
+    m = rl.numel()
+    if m == 0:
+        return
+    if not presorted:
+        rl, order = torch.sort(rl, stable=True)
+        ci, v = ci[order], v[order]
+    counts = torch.bincount(rl, minlength=n_rows)
+    present = counts > 0
+    touched = present.nonzero().squeeze(1)
+    maxc = int(counts.max())
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(m, device=rl.device) - starts[rl]
+    comp = (torch.cumsum(present, 0) - 1)[rl]
+    pv = torch.full((touched.numel(), maxc), _NEG, dtype=torch.float32, device=rl.device)
+    pi = torch.full((touched.numel(), maxc), -1, dtype=torch.int64, device=rl.device)
+    pv[comp, rank] = v.float()
+    pi[comp, rank] = ci
+    run.merge(touched + base, pv, pi)
+
+
+def _lower_bounds(S: torch.Tensor, k: int, dim: int) -> Optional[torch.Tensor]:
+    """Per row (dim=1) or column (dim=0) of S, a lower bound on its k-th largest value: the
+    k-th largest of the maxima of G >= 2k disjoint groups (k group maxima are k distinct
+    entries, all >= it). One cheap pass instead of a full `topk`; None when S is too small
+    along `dim` or the bound is -inf (masked entries), where the caller takes the dense path."""
+    L = S.shape[dim]
+    G = min(L // 2, max(2 * k, 4 * k if L >= 64 * k else 2 * k))
+    if G < 2 * k or G < 1:
+        return None
+    g = L // G
+    if dim == 1:
+        M = S[:, : G * g].unflatten(1, (G, g)).amax(2)
+    else:
+        M = S[: G * g].unflatten(0, (G, g)).amax(1)
+    t = torch.topk(M, k, dim=dim, sorted=False).values.amin(dim)
+    if not bool(torch.isfinite(t).all()):
+        return None
+    return t
+
+
+def _threshold(run: _Running, S: torch.Tensor, r0: int, c0: int, mask: torch.Tensor,
+               th_r: Optional[torch.Tensor], th_c: Optional[torch.Tensor],
+               col_ids: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Sparse update from block S: the row side (S's rows are run rows r0.., thresholds th_r)
+    and/or the column side (S's columns are run rows c0.., thresholds th_c). One compare pass
+    (each row against min(its threshold, the smallest column threshold)) and one `nonzero`;
+    the few entries found are then filtered per side. Entries below a threshold can never
+    enter that row's top-k; ties with it pass (harmless)."""
+    R, C = S.shape
+    if th_r is not None:
+        t = th_r if th_c is None else torch.clamp(th_r, max=th_c.min())
+        torch.ge(S, t.unsqueeze(1), out=mask)
+    else:
+        torch.ge(S, th_c.unsqueeze(0), out=mask)
+    a, b = torch.nonzero(mask, as_tuple=True)
+    if a.numel() == 0:
+        return
+    v = S[a, b]
+    if th_r is not None:
+        if th_c is not None:
+            keep = v >= th_r[a]
+            _scatter(run, r0, R, a[keep], col_ids(b[keep]), v[keep], presorted=True)
+        else:
+            _scatter(run, r0, R, a, col_ids(b), v, presorted=True)
+    if th_c is not None:
+        if th_r is not None:
+            keep = v >= th_c[b]  # th_c may be a view just raised by the row side: still a valid bound
+            a, b, v = a[keep], b[keep], v[keep]
+        _scatter(run, c0, C, b, a + r0, v, presorted=False)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def default_block_rows(device: torch.device, d: int, dtype: torch.dtype = torch.float32, *, n_queries: Optional[int] = None) -> int:
+    """Rows per block: ~2-3k on CPU (a 16-36 MB block of W·Wᵀ stays in the L3 cache and the
+    GEMM runs near peak), 16k on a GPU (a 0.5-1 GB block; big enough to saturate it). With few
+    queries (`n_queries` < 64) the key block is sized to ~8 MB of keys instead (memory bound)."""
+    if n_queries is not None and n_queries < 64:
+        return int(max(256, min(65536, (8 << 20) // (4 * max(d, 1)))))
+    if device.type == "cpu":
+        return 2048
+    return 16384
+
+
+def _resolve_selection(selection: str, device: torch.device) -> bool:
+    """True for the threshold path."""
+    if selection not in _SELECTIONS:
+        raise ValueError(f"selection must be one of {_SELECTIONS}, got {selection!r}")
+    if selection == "auto":
+        return device.type == "cpu"
+    return selection == "threshold"
+
+
+def _n_rows(x: Any) -> tuple[int, int]:
+    shape = tuple(x.shape) if hasattr(x, "shape") else np.asarray(x).shape
+    if len(shape) == 1:
+        return 1, int(shape[0])
+    if len(shape) != 2:
+        raise ValueError(f"expected a matrix (rows x dims), got shape {shape}")
+    return int(shape[0]), int(shape[1])
+
+
+def _rows(x: Any, s: int, e: int, device: torch.device) -> torch.Tensor:
+    """Rows s..e-1 of a tensor or array as float32 on `device` (no full copy of `x`)."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+        t = t.unsqueeze(0) if t.ndim == 1 else t
+        t = t[s:e]
+    else:
+        a = x if isinstance(x, np.ndarray) else np.asarray(x)
+        a = a[None, :] if a.ndim == 1 else a
+        t = from_numpy(a[s:e])
+    if t.device != device:
+        t = t.to(device, non_blocking=False)
+    return t.float() if t.dtype != torch.float32 else t
+
+
+def _exclude_vector(exclude: Any, nq: int, nk: int) -> Optional[torch.Tensor]:
+    if exclude is None:
+        return None
+    ex = torch.as_tensor(np.asarray(exclude.cpu() if isinstance(exclude, torch.Tensor) else exclude), dtype=torch.int64)
+    ex = ex.reshape(-1)
+    if ex.numel() == 1 and nq != 1:
+        ex = ex.expand(nq).clone()
+    if ex.numel() != nq:
+        raise ValueError(f"exclude must give one key index per query ({nq}), got {ex.numel()}")
+    if bool(((ex >= nk) | (ex < -1)).any()):
+        raise ValueError("exclude entries must be key indices or -1 (none)")
+    return ex
+
+
+def _fill(vals: torch.Tensor, idx: torch.Tensor, q_valid: torch.Tensor, width: int,
+          invalid_keys: torch.Tensor, exclude: Optional[torch.Tensor]) -> TopK:
+    """Final rows on CPU from the sorted top-k of the valid queries (vals/idx: global key ids,
+    -inf marking empty slots): empty slots get the invalid keys in index order (NaN), invalid
+    queries get NaN and the first keys in index order; `exclude` (per query) is skipped."""
+    nq = q_valid.numel()
+    out_v = torch.full((nq, width), float("nan"), dtype=torch.float32)
+    out_i = torch.empty((nq, width), dtype=torch.int64)
+    vq = q_valid.nonzero().squeeze(1)
+    if vq.numel():
+        empty = vals == _NEG
+        m = empty.sum(1)
+        M = int(m.max()) if m.numel() else 0
+        v = vals.masked_fill(empty, float("nan"))
+        if M > 0:
+            cand = invalid_keys[: M + 1].unsqueeze(0).expand(vq.numel(), -1)
+            if exclude is not None:
+                drop = (cand == exclude[vq].unsqueeze(1)).to(torch.int8)
+                cand = cand.gather(1, torch.sort(drop, dim=1, stable=True).indices)
+            cand = cand[:, :M]
+            t = torch.arange(width).unsqueeze(0) - (width - m).unsqueeze(1)
+            idx = torch.where(t >= 0, cand.gather(1, t.clamp(0, max(M - 1, 0))), idx)
+        out_v[vq] = v
+        out_i[vq] = idx
+    bq = (~q_valid).nonzero().squeeze(1)
+    if bq.numel():
+        base = torch.arange(width + 1, dtype=torch.int64).unsqueeze(0).expand(bq.numel(), -1)
+        if exclude is not None:
+            drop = (base == exclude[bq].unsqueeze(1)).to(torch.int8)
+            base = base.gather(1, torch.sort(drop, dim=1, stable=True).indices)
+        out_i[bq] = base[:, :width]
+    return TopK(out_v, out_i)
+
+
+def _rescore(qn: torch.Tensor, idx: torch.Tensor, key_rows: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Exact float32 cosines of (query row r, key idx[r, j]) pairs; -inf where idx < 0."""
+    n, k = idx.shape
+    out = torch.full((n, k), _NEG, dtype=torch.float32, device=idx.device)
+    if n == 0 or k == 0:
+        return out
+    d = qn.shape[1]
+    chunk = max(1, (1 << 25) // max(1, k * d))
+    for s in range(0, n, chunk):
+        ii = idx[s:s + chunk]
+        ok = ii >= 0
+        keys = key_rows(ii.clamp_min(0).reshape(-1)).reshape(ii.shape[0], k, d)
+        dots = torch.bmm(keys, qn[s:s + chunk].unsqueeze(2)).squeeze(2)
+        out[s:s + chunk] = dots.masked_fill(~ok, _NEG)
+    return out
+
+
+# --------------------------------------------------------------------------- queries vs keys
+
+
+def topk_cosine(
+    queries: Any,
+    keys: Any,
+    k: int,
+    *,
+    block_rows: Optional[int] = None,
+    device: DeviceLike = None,
+    dtype: DTypeLike = None,
+    exclude: Any = None,
+    progress: Progress = None,
+    selection: Selection = "auto",
+) -> TopK:
+    """For each query row, its k keys of highest cosine similarity.
+
+    `queries` (nq, d) or one vector (d,); `keys` (nk, d): torch tensors or numpy arrays
+    (memmaps included: keys are read block by block, never copied whole). `exclude`: one key
+    index per query to leave out (-1: none), e.g. the query's own row. Width: min(k, nk), one
+    less if `exclude` is given. Invalid keys (zero/NaN rows) rank last with NaN values; an
+    invalid query gets NaN values and the keys in index order. `block_rows` bounds both the
+    key block and the query block; memory is O(nq*k + block_rows^2). `progress(done, total)`
+    is called after each block. `selection`: "auto" (threshold on CPU, dense elsewhere),
+    "threshold" or "dense". Returns CPU tensors.
+    """
+    dev = pick_device(device)
+    dt = resolve_dtype(dtype, dev)
+    thresh = _resolve_selection(selection, dev)
+    nq, d = _n_rows(queries)
+    nk, dk = _n_rows(keys)
+    if d != dk:
+        raise ValueError(f"queries have {d} dims, keys {dk}")
+    if k < 0:
+        raise ValueError("k must be >= 0")
+    ex = _exclude_vector(exclude, nq, nk)
+    width = min(int(k), nk - (1 if ex is not None and bool((ex >= 0).any()) else 0))
+    if width <= 0 or nq == 0:
+        return TopK(torch.empty((nq, max(width, 0)), dtype=torch.float32), torch.empty((nq, max(width, 0)), dtype=torch.int64))
+
+    qn, qbad = normalize_rows(as_float32(queries, dev))
+    q_valid = ~qbad
+    vq = q_valid.nonzero().squeeze(1)
+    nqv = int(vq.numel())
+    Qv = qn[vq] if nqv < nq else qn
+    Qc = Qv.to(dt) if dt != torch.float32 else Qv
+    ex_v = ex.to(dev)[vq] if ex is not None else None
+    few = nqv < 64
+    kb = int(block_rows) if block_rows else default_block_rows(dev, d, dt, n_queries=nqv)
+    qb = int(block_rows) if block_rows else default_block_rows(dev, d, dt)
+    qb = max(1, qb)
+    kb = max(1, kb)
+    run = _Running(nqv, width, dev)
+    k_starts = list(range(0, nk, kb))
+    q_starts = list(range(0, nqv, qb)) if nqv else []
+    total = len(k_starts) * max(1, len(q_starts))
+    done = 0
+    bad_keys: list[torch.Tensor] = []
+    s_dtype = dt if dev.type != "cpu" else torch.float32
+    buf = m1 = None
+    if nqv and thresh and not few:
+        cap = min(qb, nqv) * kb
+        m1 = torch.empty(cap, dtype=torch.bool, device=dev)
+    for s in k_starts:
+        e = min(s + kb, nk)
+        K = _rows(keys, s, e, dev)
+        if few and dt == torch.float32:
+            # memory bound: one read of the block from DRAM for the norms, the matvec from cache
+            norms = torch.linalg.vector_norm(K, dim=1)
+            kbad = ~torch.isfinite(norms) | (norms == 0)
+            Kc = K
+        else:
+            kn, kbad = normalize_rows(K)
+            Kc = kn.to(dt) if dt != torch.float32 else kn
+            norms = None
+        any_bad = bool(kbad.any())
+        if any_bad:
+            bad_keys.append(kbad.nonzero().squeeze(1).cpu() + s)
+        for q0 in q_starts:
+            q1 = min(q0 + qb, nqv)
+            R, C = q1 - q0, e - s
+            if dev.type == "cpu" and dt == torch.float32:
+                if buf is None or buf.numel() < R * C:
+                    buf = torch.empty(max(R * C, min(qb, nqv) * kb), dtype=torch.float32)
+                S = buf[: R * C].view(R, C)
+                torch.mm(Qc[q0:q1], Kc.T, out=S)
+            else:
+                S = Qc[q0:q1] @ Kc.T
+                if s_dtype != S.dtype:
+                    S = S.to(s_dtype)
+            if norms is not None:
+                S.div_(norms.unsqueeze(0))
+            if any_bad:
+                S.masked_fill_(kbad.unsqueeze(0), _NEG)
+            if ex_v is not None:
+                loc = ex_v[q0:q1] - s
+                hit = (loc >= 0) & (loc < C)
+                if bool(hit.any()):
+                    r = hit.nonzero().squeeze(1)
+                    S[r, loc[r]] = _NEG
+            ids = (lambda p, s=s: p + s)
+            th = None
+            if thresh and not few:
+                th = run.thr[q0:q1] if run.warm(q0, q1) else _lower_bounds(S, width, 1)
+            if th is None:
+                _dense(run, q0, S, ids)
+            else:
+                _threshold(run, S, q0, 0, m1[: R * C].view(R, C), th, None, ids)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        if not q_starts:
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    vals, idx = run.vals, run.idx
+    if dt != torch.float32 and nqv:
+        vals = torch.where(vals == _NEG, _NEG, _rescore(Qv, idx, lambda ii: normalize_rows(_gather_rows(keys, ii, dev))[0]))
+    vals, idx = _sort_rows(vals.cpu(), idx.cpu())
+    invalid_keys = torch.cat(bad_keys) if bad_keys else torch.empty(0, dtype=torch.int64)
+    return _fill(vals, idx, q_valid.cpu(), width, invalid_keys, ex)
+
+
+def _gather_rows(x: Any, ids: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+        t = t.unsqueeze(0) if t.ndim == 1 else t
+        return t[ids.to(t.device)].to(device).float()
+    a = np.asarray(x)
+    a = a[None, :] if a.ndim == 1 else a
+    return from_numpy(a[ids.cpu().numpy()]).to(device)
+
+
+def query_topk(vectors: Any, W: Any, k: int, **kw: Any) -> TopK:
+    """The k rows of W most cosine-similar to each of `vectors` (one vector (d,) or a batch
+    (m, d): a steering vector, a probe direction, a row of W_U). See `topk_cosine`."""
+    return topk_cosine(vectors, W, k, **kw)
+
+
+def match_sources(W_a: Any, W_b: Any, k: int = 1, **kw: Any) -> TopK:
+    """For each feature (row) of decoder A, its k best matches among the rows of decoder B
+    (feature splitting across widths). See `topk_cosine`."""
+    return topk_cosine(W_a, W_b, k, **kw)
+
+
+def feature_topk(W: Any, features: Any, k: int, **kw: Any) -> TopK:
+    """Rows `features` of `all_pairs_topk(W, k)`, without the rest: each feature itself first
+    (1.0, NaN if its row is invalid), then its k-1 nearest other rows."""
+    feats = torch.as_tensor(np.asarray(features.cpu() if isinstance(features, torch.Tensor) else features),
+                            dtype=torch.int64).reshape(-1)
+    n, _ = _n_rows(W)
+    if feats.numel() and (int(feats.min()) < 0 or int(feats.max()) >= n):
+        raise IndexError(f"feature index out of range for {n} rows")
+    k_total = min(int(k), n)
+    dev = pick_device(kw.get("device"))
+    Wt = W if isinstance(W, torch.Tensor) else None
+    rows = (Wt[feats.to(Wt.device)] if Wt is not None else from_numpy(np.asarray(W)[feats.numpy()]))
+    rest = topk_cosine(rows, W, max(k_total - 1, 0), exclude=feats, **kw) if k_total > 1 else None
+    _, bad = normalize_rows(rows, dev)
+    self_v = torch.where(bad.cpu(), float("nan"), 1.0).unsqueeze(1)
+    if rest is None:
+        return TopK(self_v[:, :k_total].contiguous(), feats.unsqueeze(1)[:, :k_total].contiguous())
+    return TopK(torch.cat((self_v, rest.values), 1), torch.cat((feats.unsqueeze(1), rest.indices), 1))
+
+
+# --------------------------------------------------------------------------- all pairs
+
+
+def all_pairs_topk(
+    W: Any,
+    k: int,
+    *,
+    block_rows: Optional[int] = None,
+    device: DeviceLike = None,
+    dtype: DTypeLike = None,
+    progress: Progress = None,
+    selection: Selection = "auto",
+) -> TopK:
+    """For every row of W: itself first, then its k-1 most cosine-similar other rows.
+
+    The layout of Neuronpedia's `topkCosSimIndices/Values` (k = 25 there): self first with
+    1.0 (NaN for an invalid row), then the valid rows by cosine, then invalid rows in index
+    order with NaN; an invalid row lists itself, then the other rows in index order, all NaN.
+    Width min(k, n). Each block pair (i, j >= i) of W·Wᵀ is computed once and serves both
+    row blocks. `progress(done, total)` counts block pairs. Returns CPU tensors.
+    """
+    dev = pick_device(device)
+    dt = resolve_dtype(dtype, dev)
+    thresh = _resolve_selection(selection, dev)
+    n, d = _n_rows(W)
+    if k < 0:
+        raise ValueError("k must be >= 0")
+    k_total = min(int(k), n)
+    if k_total == 0:
+        return TopK(torch.empty((n, 0), dtype=torch.float32), torch.empty((n, 0), dtype=torch.int64))
+    un, bad = normalize_rows(as_float32(W, dev))
+    valid = ~bad
+    vid = valid.nonzero().squeeze(1)
+    nv = int(vid.numel())
+    U = un[vid] if nv < n else un
+    width = k_total - 1
+    kv = min(width, max(nv - 1, 0))
+    if kv > 0:
+        block = int(block_rows) if block_rows else default_block_rows(dev, d, dt)
+        vals, idx = _symmetric(U, kv, max(1, block), dt, thresh, progress)
+        if dt != torch.float32:
+            vals = torch.where(vals == _NEG, _NEG, _rescore(U, idx, lambda ii: U[ii]))
+        idx = torch.where(idx >= 0, vid[idx.clamp_min(0)], idx)
+        vals, idx = _sort_rows(vals.cpu(), idx.cpu())
+    else:
+        if progress is not None:
+            progress(1, 1)
+        vals = torch.empty((nv, 0), dtype=torch.float32)
+        idx = torch.empty((nv, 0), dtype=torch.int64)
+    if width > kv:  # room left for invalid rows: pad with empty slots
+        pad = width - kv
+        vals = torch.cat((vals, torch.full((nv, pad), _NEG)), 1)
+        idx = torch.cat((idx, torch.full((nv, pad), -1, dtype=torch.int64)), 1)
+    valid_c = valid.cpu()
+    invalid_keys = (~valid_c).nonzero().squeeze(1)
+    self_ids = torch.arange(n, dtype=torch.int64)
+    rest = _fill(vals, idx, valid_c, width, invalid_keys, self_ids)
+    self_v = torch.where(valid_c, 1.0, float("nan")).to(torch.float32).unsqueeze(1)
+    return TopK(torch.cat((self_v, rest.values), 1), torch.cat((self_ids.unsqueeze(1), rest.indices), 1))
+
+
+def _symmetric(U: torch.Tensor, k: int, block: int, dt: torch.dtype, thresh: bool,
+               progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
+    """Running top-k (unsorted, self excluded) of every row of unit-row matrix U (all valid),
+    over block pairs (i, j >= i) of U·Uᵀ: rows of a block feed row block i, its columns row block j."""
+    dev = U.device
+    nv = U.shape[0]
+    Uc = U.to(dt) if dt != torch.float32 else U
+    run = _Running(nv, k, dev)
+    starts = list(range(0, nv, block))
+    nb = len(starts)
+    total = nb * (nb + 1) // 2
+    done = 0
+    cap = min(block, nv) ** 2
+    use_buf = dev.type == "cpu" and dt == torch.float32
+    sbuf = torch.empty(cap, dtype=torch.float32, device=dev) if use_buf else None
+    mask = torch.empty(cap, dtype=torch.bool, device=dev) if thresh else None
+    for bi, r0 in enumerate(starts):
+        r1 = min(r0 + block, nv)
+        A = Uc[r0:r1]
+        for c0 in starts[bi:]:
+            c1 = min(c0 + block, nv)
+            R, C = r1 - r0, c1 - c0
+            diag = c0 == r0
+            ids_c = (lambda p, c0=c0: p + c0)
+            ids_r = (lambda p, r0=r0: p + r0)
+            S = sbuf[: R * C].view(R, C) if use_buf else None
+            if thresh and diag and run.warm(r0, r1):
+                # upper triangle only (strips of sub-blocks), then both sides, like an off-diagonal block
+                S = _upper_triangle(A, S)
+                th = run.thr[r0:r1]
+                _threshold(run, S, r0, r0, mask[: R * C].view(R, C), th, th, ids_c)
+            else:
+                if S is not None:
+                    torch.mm(A, Uc[c0:c1].T, out=S)
+                else:
+                    S = A @ Uc[c0:c1].T
+                    if dev.type == "cpu" and S.dtype != torch.float32:
+                        S = S.float()
+                if diag:
+                    S.diagonal().fill_(_NEG)
+                if not thresh:
+                    _dense(run, r0, S, ids_c, dim=1)
+                    if not diag:
+                        _dense(run, c0, S, ids_r, dim=0)
+                elif diag:  # cold diagonal block (the first one): dense row side
+                    _dense(run, r0, S, ids_c, dim=1)
+                else:
+                    th_r = run.thr[r0:r1] if run.warm(r0, r1) else _lower_bounds(S, k, 1)
+                    th_c = run.thr[c0:c1] if run.warm(c0, c1) else _lower_bounds(S, k, 0)
+                    if th_r is None:
+                        _dense(run, r0, S, ids_c, dim=1)
+                        th_r = None
+                    if th_c is None:
+                        _dense(run, c0, S, ids_r, dim=0)
+                    if th_r is not None or th_c is not None:
+                        _threshold(run, S, r0, c0, mask[: R * C].view(R, C), th_r, th_c, ids_c)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    return run.vals, run.idx
+
+
+_SUB = 512
+
+
+def _upper_triangle(A: torch.Tensor, S: Optional[torch.Tensor]) -> torch.Tensor:
+    """A·Aᵀ on and above the diagonal in strips of `_SUB` rows (about 5/8 of the flops of the
+    full block for 4 strips); the diagonal and everything below it set to -inf."""
+    R = A.shape[0]
+    if S is None:
+        S = torch.empty((R, R), dtype=torch.float32, device=A.device)
+    for p0 in range(0, R, _SUB):
+        p1 = min(p0 + _SUB, R)
+        strip = A[p0:p1] @ A[p0:].T
+        S[p0:p1, p0:] = strip
+        if p0:
+            S[p0:p1, :p0] = _NEG
+        sub = S[p0:p1, p0:p1]
+        sub.masked_fill_(_tril(p1 - p0, A.device), _NEG)
+    return S
+
+
+_TRIL: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _tril(m: int, device: torch.device) -> torch.Tensor:
+    key = (m, str(device))
+    t = _TRIL.get(key)
+    if t is None:
+        t = torch.ones((m, m), dtype=torch.bool, device=device).tril()
+        _TRIL[key] = t
+    return t
