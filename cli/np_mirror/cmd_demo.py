@@ -14,8 +14,9 @@ from .output import Format, hint, rows_out
 def demo(
     db: Annotated[Optional[Path], typer.Option("--db", help="Where to build the demo mirror [default: $NP_MIRROR_HOME/demo.duckdb].", show_default=False)] = None,
     fault_rate: Annotated[float, typer.Option("--fault-rate", help="Failures the emulator injects while the demo syncs.")] = 0.05,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where to write the plots [default: $NP_MIRROR_HOME/demo-figures].", show_default=False)] = None,
 ) -> None:
-    """Start the Neuronpedia emulator, sync a source set into a mirror, then read it back offline.
+    """Start the Neuronpedia emulator, sync a source set exports-first, attach its SAE, ask geometry questions.
 
     Nothing leaves this machine: the emulator serves on 127.0.0.1 with realistic payloads,
     its rate limiter and injected failures.
@@ -38,6 +39,7 @@ def demo(
     from .progress import SyncDisplay
 
     path = db or home() / "demo.duckdb"
+    figures = out or home() / "demo-figures"
     config = EmulatorConfig(
         hole_rate=0.01,
         faults=FaultConfig(rate=fault_rate, seed=1, slow_s=2.0),
@@ -90,9 +92,65 @@ def demo(
             ).to_pylist(),
             Format.table,
         )
+        _geometry_tour(mirror, server.state, figures)
         hint(f"Done. The mirror is at {path}; query it with `np-mirror sql --db {path} \"...\"`.")
     import shutil
 
     shutil.rmtree(bucket_root, ignore_errors=True)
     shutil.rmtree(cache, ignore_errors=True)
     raise typer.Exit(0)
+
+
+def _geometry_tour(mirror, state, figures: Path) -> None:
+    """Attach the emulator's SAE and answer the planted questions, each checked against the truth."""
+    import tempfile
+
+    from npclient.geometry import api
+    from npclient.geometry.plots import plot_dendrogram, plot_pca
+    from npclient.geometry.subspace import circular_order
+    from npclient.ids import SourceId
+    from npclient.testing.saes import make_emulator_sae
+    from npclient.weights import attach
+
+    figures.mkdir(parents=True, exist_ok=True)
+    sid = SourceId("gpt2-small", "0-res-jb")
+    sae = make_emulator_sae(Path(tempfile.mkdtemp(prefix="np-demo-sae-")), state, sid.model_id, sid.source)
+    hint(f"7. np-mirror weights add {sid} --path <the emulator's SAE>   (row i of W_dec is feature i)")
+    record = attach(mirror.db, sid, path=sae.path / "sae_weights.safetensors", tensor="W_dec")
+    hint(f"   {record.d_sae} x {record.d_in} decoder attached")
+
+    monday = sae.days[0]
+    hint(f"8. np-mirror neighbors {sid}/{monday} -k 5")
+    rows_out(api.neighbors(mirror, f"{sid}/{monday}", 5).to_pylist(), Format.table, ["rank", "index", "cosine", "explanation"])
+
+    hint("9. np-mirror geometry pca --where \"top_explanation IN ('Monday', ...)\": the week is a circle")
+    days = api.select_features(mirror, sid, where="top_explanation IN ('Monday','Tuesday','Wednesday','Thursday','Friday','Saturday','Sunday')")
+    result, table = api.pca(mirror, sid, days)
+    labels = table.column("explanation").to_pylist()
+    import numpy as np
+
+    coords = np.column_stack([table.column("x").to_numpy(), table.column("y").to_numpy()])
+    walk = [labels[i] for i in circular_order(coords)]
+    start = walk.index("Monday")
+    hint("   around the circle: " + " -> ".join(walk[start:] + walk[:start]))
+    plot_pca(result, labels, figures / "days_pca.png")
+
+    tree = [sae.tree_root] + [c for cs in sae.tree.values() for c in cs]
+    chosen = np.array(sorted(set(tree) | set(sae.noise[:8])))
+    hint(f"10. np-mirror geometry cluster --features <{len(chosen)} features> --threshold 0.5")
+    cres, ctable = api.cluster(mirror, sid, chosen, threshold=0.5)
+    label_of = dict(zip(ctable.column("index").to_pylist(), ctable.column("label").to_pylist()))
+    same = len({label_of[i] for i in tree}) == 1
+    hint(f"   the planted tree ({len(tree)} features) falls in {'one cluster' if same else 'several clusters'}")
+    plot_dendrogram(cres, ctable.column("explanation").to_pylist(), figures / "tree_dendrogram.png")
+
+    hint("11. np-mirror geometry nullspace --matrix attention_head.safetensors --tensor W_K --ov-tensor W_OV")
+    from safetensors.numpy import load_file
+
+    head = load_file(str(sae.head_path))
+    found = api.head_features(mirror, sid, head["W_K"], name="demo-head:W_K", ov=head["W_OV"])
+    invisible = {r["index"] for r in found.to_pylist() if r["invisible"]}
+    suppressed = {r["index"] for r in found.to_pylist() if r["suppressed"]}
+    hint(f"   invisible to W_K: {sorted(invisible)} (planted: {sorted(sae.null_space)})")
+    hint(f"   suppressed by OV: {sorted(suppressed)} (planted: {sorted(sae.suppressed)})")
+    hint(f"   plots written to {figures}")

@@ -205,6 +205,8 @@ def cluster(mirror: "Mirror", source: SourceLike, features: np.ndarray, *, thres
     from .subspace import cluster as run_cluster
 
     sid = _sid(source)
+    if threshold is None and n_clusters is None:
+        threshold = 0.5  # a flat cut is what gets stored; 0.5 cosine distance is a loose family
     result = run_cluster(_decoder(mirror, sid).float().numpy(), features, threshold=threshold,
                          n_clusters=n_clusters, max_features=CLUSTER_CAP)
     feats = np.asarray(result.features)

@@ -89,8 +89,9 @@ def save_matches(db: Database, sid: SourceId, against: SourceId, values: np.ndar
 
 def save_coordinates(db: Database, sid: SourceId, method: str, features: np.ndarray, coords: np.ndarray) -> int:
     coords = np.asarray(coords, dtype=np.float64)
+    x, y = coords[:, 0], coords[:, 1]
     table = pa.table({**_base(sid, np.asarray(features)), "method": pa.array([method] * len(features)),
-                      "x": pa.array(coords[:, 0]), "y": pa.array(coords[:, 1])})
+                      "x": pa.array(x, mask=np.isnan(x)), "y": pa.array(y, mask=np.isnan(y))})
     return _replace(db, "coordinates", "model_id = ? AND source = ? AND method = ?",
                     [sid.model_id, sid.source, method], table)
 
