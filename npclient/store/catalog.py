@@ -58,22 +58,23 @@ def stored_feature_count(db: Database, sid: SourceId) -> Optional[int]:
     return rows[0][0] if rows else None
 
 
-def present_indices(db: Database, sid: SourceId, start: int, stop: int) -> set[int]:
+def _indices(db: Database, table: str, condition: str, sid: SourceId, start: int, stop: int) -> set[int]:
     with db.connect() as cur:
         rows = cur.execute(
-            'SELECT "index" FROM features WHERE model_id = ? AND source = ? AND "index" >= ? AND "index" < ?',
+            f'SELECT "index" FROM {table} WHERE model_id = ? AND source = ? AND {condition} AND "index" >= ? AND "index" < ?',
             [sid.model_id, sid.source, start, stop],
         ).fetchall()
     return {r[0] for r in rows}
+
+
+def present_indices(db: Database, sid: SourceId, start: int, stop: int) -> set[int]:
+    """Features of `sid` in [start, stop) that the mirror holds."""
+    return _indices(db, "features", "true", sid, start, stop)
 
 
 def permanent_failures(db: Database, sid: SourceId, start: int, stop: int) -> set[int]:
-    with db.connect() as cur:
-        rows = cur.execute(
-            'SELECT "index" FROM failures WHERE model_id = ? AND source = ? AND permanent AND "index" >= ? AND "index" < ?',
-            [sid.model_id, sid.source, start, stop],
-        ).fetchall()
-    return {r[0] for r in rows}
+    """Features of `sid` in [start, stop) that stayed 404: not asked for again unless `--retry-failed`."""
+    return _indices(db, "failures", "permanent", sid, start, stop)
 
 
 STATUS_SQL = """
