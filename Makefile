@@ -13,8 +13,8 @@ test: setup
 demo: setup
 	$(VENV)/bin/np-mirror demo
 
-bench: setup
-	$(PY) benchmarks/bench_client.py
+bench: setup  # every benchmark, one after another (~15 min); each records nothing by itself
+	for b in client store import serve geometry; do [ -f benchmarks/bench_$$b.py ] && $(PY) benchmarks/bench_$$b.py; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

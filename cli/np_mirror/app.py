@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from . import cmd_demo, cmd_emulator, cmd_exports, cmd_fetch, cmd_geometry, cmd_read, cmd_sync, cmd_weights
+from . import cmd_demo, cmd_emulator, cmd_exports, cmd_fetch, cmd_geometry, cmd_read, cmd_serve, cmd_sync, cmd_weights
 from .errors import handle
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ app.command("sources")(cmd_read.sources)
 app.command("import")(cmd_exports.import_)
 app.command("export")(cmd_exports.export)
 app.command("fetch")(cmd_fetch.fetch)
+app.command("serve")(cmd_serve.serve)
 app.command("emulator")(cmd_emulator.emulator)
 app.command("demo")(cmd_demo.demo)
 app.add_typer(cmd_weights.weights_app, name="weights")
