@@ -57,9 +57,9 @@ __all__ = [
 ]
 
 Progress = Optional[Callable[[int, int], None]]
-Selection = Literal["auto", "threshold", "dense"]
+Selection = Literal["auto", "heap", "threshold", "dense"]
 _NEG = float("-inf")
-_SELECTIONS = ("auto", "threshold", "dense")
+_SELECTIONS = ("auto", "heap", "threshold", "dense")
 
 
 # --------------------------------------------------------------------------- result
@@ -136,24 +136,36 @@ def _as_tensor(x: Any, dtype: torch.dtype) -> torch.Tensor:
     return t.to(dtype)
 
 
+_LOW = (1 << 32) - 1
+_KEY_MIN = torch.iinfo(torch.int64).min
+
+
+def _order_key(v: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    """One int64 per entry ordering (value descending, index ascending): the float32 bits made
+    order-preserving in the high half, the complement of index + 1 in the low half. NaN
+    ranks as -inf; an empty slot (index < 0) below everything."""
+    v = v.float()
+    v = torch.where(torch.isnan(v), _NEG, v) + 0.0  # + 0.0 turns -0.0 into +0.0
+    b = v.view(torch.int32)
+    b = torch.where(b < 0, b ^ 0x7FFFFFFF, b).to(torch.int64)
+    key = b * (1 << 32) + (_LOW - (i + 1))
+    return torch.where(i < 0, _KEY_MIN, key)
+
+
 def _topk_merge(v: torch.Tensor, i: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The hot-path merge: the k largest of each row of (v, i), unsorted. No NaN in `v`."""
+    """The k best of each row of (v, i), unsorted; ties at the k-th value keep the lower
+    indices (exactly, through `_order_key`), so results never depend on block sizes."""
     if v.shape[1] <= k:
         return v, i
-    tv, pos = torch.topk(v, k, dim=1, sorted=False)
-    return tv, i.gather(1, pos)
+    _, pos = torch.topk(_order_key(v, i), k, dim=1, sorted=False)
+    return v.gather(1, pos), i.gather(1, pos)
 
 
 def _sort_rows(v: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sort each row by value descending (NaN as -inf), ties by index ascending, slots with
     index < 0 (placeholders) after everything."""
-    ikey = torch.where(i < 0, torch.iinfo(torch.int64).max, i)
-    ikey, o = torch.sort(ikey, dim=1, stable=True)
-    i = i.gather(1, o)
-    v = v.gather(1, o)
-    vkey = torch.where(torch.isnan(v), _NEG, v)
-    _, o2 = torch.sort(vkey, dim=1, descending=True, stable=True)
-    return v.gather(1, o2), i.gather(1, o2)
+    _, o = torch.sort(_order_key(v, i), dim=1, descending=True)
+    return v.gather(1, o), i.gather(1, o)
 
 
 def merge_topk(
@@ -162,9 +174,9 @@ def merge_topk(
     """Merge two candidate lists per row, (n, ka) and (n, kb), into each row's top k.
 
     Pure: nothing is modified. NaN values rank after every number; an index < 0 marks an
-    empty slot (value -inf), ranked after everything. With `sorted=True` each row comes back
-    by value descending, ties by index ascending, so the result is deterministic; with
-    `sorted=False` it is `torch.topk`'s unordered choice (what the search loops use, NaN-free).
+    empty slot (value -inf), ranked after everything. Ties keep the lower index, so the chosen
+    set is deterministic; `sorted=True` orders each row by value descending, ties by index
+    ascending, `sorted=False` leaves `torch.topk`'s order (what the search loops use).
     Values come back float32 and indices int64, on the inputs' device.
     """
     va, vb = _as_tensor(vals_a, torch.float32), _as_tensor(vals_b, torch.float32)
@@ -179,8 +191,7 @@ def merge_topk(
     if sorted:
         sv, si = _sort_rows(v, i)
         return TopK(sv[:, :k].contiguous(), si[:, :k].contiguous())
-    key = torch.where(torch.isnan(v), _NEG, v)
-    _, pos = torch.topk(key, k, dim=1, sorted=False)
+    _, pos = torch.topk(_order_key(v, i), k, dim=1, sorted=False)
     return TopK(v.gather(1, pos), i.gather(1, pos))
 
 
@@ -209,14 +220,27 @@ class _Running:
 
 
 def _dense(run: _Running, r0: int, S: torch.Tensor, ids: Callable[[torch.Tensor], torch.Tensor], *, dim: int = 1) -> None:
-    """topk of block S along `dim` (1: S's rows are run rows r0..; 0: S's columns are)."""
+    """topk of block S along `dim` (1: S's rows are run rows r0..; 0: S's columns are),
+    merged. Where an entry left out ties the c-th value chosen, that row is redone with exact
+    (value, index) keys, so ties keep the lower index here too."""
     c = min(run.k, S.shape[dim])
     if c <= 0:
         return
     tv, pos = torch.topk(S, c, dim=dim, sorted=False)
+    Sr = S if dim == 1 else S.T
     if dim == 0:
         tv, pos = tv.T, pos.T
-    run.merge(slice(r0, r0 + tv.shape[0]), tv, ids(pos))
+    ci = ids(pos)
+    kth = tv.amin(1, keepdim=True)
+    tied = ((Sr >= kth).sum(1) > c).nonzero().squeeze(1)
+    if tied.numel():
+        rows = Sr[tied]
+        cols = ids(torch.arange(Sr.shape[1], device=S.device)).unsqueeze(0).expand_as(rows)
+        _, p = torch.topk(_order_key(rows, cols), c, dim=1, sorted=False)
+        tv, ci = tv.clone(), ci.clone()
+        tv[tied] = rows.gather(1, p).to(tv.dtype)
+        ci[tied] = cols.gather(1, p)
+    run.merge(slice(r0, r0 + tv.shape[0]), tv, ci)
 
 
 def _scatter(run: _Running, base: int, n_rows: int, rl: torch.Tensor, ci: torch.Tensor, v: torch.Tensor,
@@ -262,35 +286,254 @@ def _lower_bounds(S: torch.Tensor, k: int, dim: int) -> Optional[torch.Tensor]:
     return t
 
 
-def _threshold(run: _Running, S: torch.Tensor, r0: int, c0: int, mask: torch.Tensor,
+_GROUP = 32
+
+
+def _find(S: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """(rows, cols, values, rows_sorted) of the entries of S with S[a, b] >= t[a].
+
+    Two levels, so the full block is read once and never scanned by `nonzero`: the maxima of
+    groups of `_GROUP` consecutive columns (one pass), the groups whose maximum reaches the
+    row's threshold (a small `nonzero`), then those groups' entries (a gather)."""
+    R, C = S.shape
+    g = _GROUP
+    G = C // g
+    a = b = v = None
+    if G >= 1 and S.is_contiguous():
+        M = S[:, : G * g].unflatten(1, (G, g)).amax(2)
+        ra, ga = torch.nonzero(M >= t.unsqueeze(1), as_tuple=True)
+        if C % g == 0:  # groups are rows of a (R*G, g) view: a contiguous gather
+            vals = S.view(-1, g).index_select(0, ra * G + ga)
+        else:
+            vals = torch.take(S, (ra * C + ga * g).unsqueeze(1) + torch.arange(g, device=S.device))
+        gi, off = torch.nonzero(vals >= t[ra].unsqueeze(1), as_tuple=True)
+        a, b, v = ra[gi], ga[gi] * g + off, vals[gi, off]
+        lo = G * g
+    else:
+        lo = 0
+    if lo < C:
+        sub = S[:, lo:]
+        a2, b2 = torch.nonzero(sub >= t.unsqueeze(1), as_tuple=True)
+        v2 = sub[a2, b2]
+        if a is None:
+            return a2, b2 + lo, v2, True
+        return torch.cat((a, a2)), torch.cat((b, b2 + lo)), torch.cat((v, v2)), False
+    return a, b, v, True
+
+
+_GROUP_COLS = 8
+
+
+def _find_cols(S: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """(rows, cols, values, cols_sorted) of the entries of S with S[a, b] >= t[b]: `_find` on
+    the columns (groups of `_GROUP_COLS` consecutive rows), found in column order (no sort)."""
+    R, C = S.shape
+    g = _GROUP_COLS
+    G = R // g
+    a = b = v = None
+    if G >= 1 and S.is_contiguous():
+        M = S[: G * g].unflatten(0, (G, g)).permute(1, 0, 2).amax(0)  # (G, C); this form is the fast kernel
+        cb, gr = torch.nonzero((M >= t.unsqueeze(0)).T.contiguous(), as_tuple=True)  # column-major order
+        flat = ((gr * g * C + cb).unsqueeze(1) + torch.arange(0, g * C, C, device=S.device))
+        vals = torch.take(S, flat)
+        gi, off = torch.nonzero(vals >= t[cb].unsqueeze(1), as_tuple=True)
+        a, b, v = gr[gi] * g + off, cb[gi], vals[gi, off]
+        lo = G * g
+    else:
+        lo = 0
+    if lo < R:
+        sub = S[lo:]
+        b2, a2 = torch.nonzero((sub >= t.unsqueeze(0)).T, as_tuple=True)
+        v2 = sub[a2, b2]
+        if a is None:
+            return a2 + lo, b2, v2, True
+        return torch.cat((a, a2 + lo)), torch.cat((b, b2)), torch.cat((v, v2)), False
+    return a, b, v, True
+
+
+def _threshold(run: _Running, S: torch.Tensor, r0: int, c0: int,
                th_r: Optional[torch.Tensor], th_c: Optional[torch.Tensor],
                col_ids: Callable[[torch.Tensor], torch.Tensor]) -> None:
     """Sparse update from block S: the row side (S's rows are run rows r0.., thresholds th_r)
-    and/or the column side (S's columns are run rows c0.., thresholds th_c). One compare pass
-    (each row against min(its threshold, the smallest column threshold)) and one `nonzero`;
-    the few entries found are then filtered per side. Entries below a threshold can never
-    enter that row's top-k; ties with it pass (harmless)."""
+    and/or the column side (S's columns are run rows c0.., thresholds th_c). Each side finds
+    its entries at or above its thresholds (`_find`, `_find_cols`) and merges them. Entries
+    below a threshold can never enter that row's top-k; ties with it pass (harmless)."""
     R, C = S.shape
     if th_r is not None:
-        t = th_r if th_c is None else torch.clamp(th_r, max=th_c.min())
-        torch.ge(S, t.unsqueeze(1), out=mask)
-    else:
-        torch.ge(S, th_c.unsqueeze(0), out=mask)
-    a, b = torch.nonzero(mask, as_tuple=True)
-    if a.numel() == 0:
-        return
-    v = S[a, b]
-    if th_r is not None:
-        if th_c is not None:
-            keep = v >= th_r[a]
-            _scatter(run, r0, R, a[keep], col_ids(b[keep]), v[keep], presorted=True)
-        else:
-            _scatter(run, r0, R, a, col_ids(b), v, presorted=True)
+        a, b, v, srt = _find(S, th_r)
+        _scatter(run, r0, R, a, col_ids(b), v, presorted=srt)
     if th_c is not None:
-        if th_r is not None:
-            keep = v >= th_c[b]  # th_c may be a view just raised by the row side: still a valid bound
-            a, b, v = a[keep], b[keep], v[keep]
-        _scatter(run, c0, C, b, a + r0, v, presorted=False)
+        # th_c may be a view just raised by the row side (diagonal block): still a valid bound
+        a, b, v, srt = _find_cols(S, th_c)
+        _scatter(run, c0, C, b, a + r0, v, presorted=srt)
+
+
+# --------------------------------------------------------------------------- heap selection (numba)
+#
+# One pass over a block, single-threaded, compiled with numba (a dependency of umap-learn,
+# hence of this project; without it the torch `threshold` path is used). Each row's running
+# top-k is a min-heap on (value, -index) whose root is the row's k-th best, so the threshold
+# is always exact and ties keep the lower index. Each row of the block is read in chunks of
+# 64: one branch-free (vectorised) count of the entries at or above min(row threshold, column
+# threshold) skips a chunk with none, about 0.1 ns an entry; the rest are offered entry by entry.
+
+_EMPTY_ID = 1 << 62  # index of an empty heap slot: ranks below every real entry
+_LOWEST = float(np.finfo(np.float32).min)
+
+
+def _heap_push_py(hv, hi, r, v, i, k):  # pragma: no cover - compiled by numba
+    """Offer (v, i) to row r's heap; True if it entered (the root changed)."""
+    rv = hv[r, 0]
+    if v < rv or (v == rv and i > hi[r, 0]):
+        return False
+    pos = 0
+    while True:
+        c = 2 * pos + 1
+        if c >= k:
+            break
+        c2 = c + 1
+        if c2 < k and (hv[r, c2] < hv[r, c] or (hv[r, c2] == hv[r, c] and hi[r, c2] > hi[r, c])):
+            c = c2
+        cv = hv[r, c]
+        if cv < v or (cv == v and hi[r, c] > i):
+            hv[r, pos] = cv
+            hi[r, pos] = hi[r, c]
+            pos = c
+        else:
+            break
+    hv[r, pos] = v
+    hi[r, pos] = i
+    return True
+
+
+def _scan_py(S, a0, a1, b0, b1, r0, c0, cid0, rid0, rows, cols, diag, hv, hi, floor_r, floor_c, k):  # pragma: no cover
+    """Offer the entries S[a0:a1, b0:b1] to the heaps: the row side (row a -> heap r0 + a,
+    id cid0 + b) and/or the column side (column b -> heap c0 + b, id rid0 + a). `diag`: only
+    entries above the diagonal (b > a) are read. floor_r[a] / floor_c[b]: known lower bounds
+    of the final k-th values (-inf if none). -inf entries are never taken."""
+    CH = 64
+    inf = np.float32(np.inf)
+    lowest = np.float32(-3.4028234663852886e38)
+    tc = np.empty(b1, np.float32)
+    for b in range(b0, b1):
+        t = inf
+        if cols:
+            t = hv[c0 + b, 0]
+            if floor_c[b] > t:
+                t = floor_c[b]
+            if t < lowest:
+                t = lowest
+        tc[b] = t
+    for a in range(a0, a1):
+        row = S[a]
+        tr = inf
+        if rows:
+            tr = hv[r0 + a, 0]
+            if floor_r[a] > tr:
+                tr = floor_r[a]
+            if tr < lowest:
+                tr = lowest
+        start = b0
+        if diag and a + 1 > start:
+            start = a + 1
+        if start >= b1:
+            continue
+        nfull = (b1 - b0) // CH
+        for ch in range((start - b0) // CH, nfull + 1):
+            lo = b0 + ch * CH
+            if ch < nfull:
+                seg = row[lo:lo + CH]
+                tseg = tc[lo:lo + CH]
+                hit = 0
+                for j in range(CH):  # branch-free, vectorised: does any entry pass either side?
+                    hit += seg[j] >= min(tr, tseg[j])
+                if hit == 0:
+                    continue
+                end = lo + CH
+            else:
+                end = b1
+            if lo < start:
+                lo = start
+            for b in range(lo, end):
+                v = row[b]
+                if v >= tr:
+                    if _heap_push(hv, hi, r0 + a, v, cid0 + b, k):
+                        tr = hv[r0 + a, 0]
+                        if floor_r[a] > tr:
+                            tr = floor_r[a]
+                        if tr < lowest:
+                            tr = lowest
+                if v >= tc[b]:
+                    if _heap_push(hv, hi, c0 + b, v, rid0 + a, k):
+                        t2 = hv[c0 + b, 0]
+                        if floor_c[b] > t2:
+                            t2 = floor_c[b]
+                        if t2 < lowest:
+                            t2 = lowest
+                        tc[b] = t2
+
+
+_heap_push = None
+_scan = None
+_NUMBA: Optional[bool] = None
+
+
+def _numba_scan():
+    """The compiled `_scan_py` (compiled once per process, cached on disk), or None when
+    numba is missing."""
+    global _heap_push, _scan, _NUMBA
+    if _NUMBA is None:
+        try:
+            import numba
+        except Exception:
+            _NUMBA = False
+            return None
+        _heap_push = numba.njit(cache=True, nogil=True, inline="always")(_heap_push_py)
+        _scan = numba.njit(cache=True, nogil=True, fastmath=True)(_scan_py)
+        _NUMBA = True
+    return _scan if _NUMBA else None
+
+
+class _Heaps:
+    """Running top-k of n rows as min-heaps (numpy arrays shared with the numba kernel)."""
+
+    def __init__(self, n: int, k: int) -> None:
+        self.k = k
+        self.hv = np.full((n, k), -np.inf, dtype=np.float32)
+        self.hi = np.full((n, k), _EMPTY_ID, dtype=np.int64)
+        self._neg_r: Optional[np.ndarray] = None
+
+    def none(self, m: int) -> np.ndarray:
+        if self._neg_r is None or self._neg_r.shape[0] < m:
+            self._neg_r = np.full(max(m, 1), -np.inf, dtype=np.float32)
+        return self._neg_r[:m]
+
+    def cold(self, r0: int, r1: int) -> bool:
+        return bool(np.isneginf(self.hv[r0:r1, 0]).any())
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        v = torch.from_numpy(self.hv)
+        i = torch.from_numpy(self.hi)
+        empty = i == _EMPTY_ID
+        return v.masked_fill(empty, _NEG), i.masked_fill(empty, -1)
+
+
+def _scan_block(S: np.ndarray, r0: int, c0: int, *, rows: bool, cols: bool, diag: bool, h: "_Heaps",
+                floor_r: np.ndarray, floor_c: np.ndarray, cid0: int, rid0: int) -> None:
+    """One single-threaded pass of the numba kernel over block S. (Two threads on tiles that
+    share no heap row were measured no faster on 2 cores: the pass is ~0.1 ns an entry, close
+    to memory speed, and the GEMM between passes already uses every core.)"""
+    R, C = S.shape
+    _scan(S, 0, R, 0, C, r0, c0, cid0, rid0, rows, cols, diag, h.hv, h.hi, floor_r, floor_c, h.k)
+
+
+def _floor(h: _Heaps, S: torch.Tensor, r0: int, dim: int) -> np.ndarray:
+    """Lower bounds for the heap rows fed by S along `dim` while they are not yet full."""
+    n = S.shape[0] if dim == 1 else S.shape[1]
+    if not h.cold(r0, r0 + n):
+        return h.none(n)
+    t = _lower_bounds(S, h.k, dim)
+    return h.none(n) if t is None else t.numpy()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -307,13 +550,20 @@ def default_block_rows(device: torch.device, d: int, dtype: torch.dtype = torch.
     return 16384
 
 
-def _resolve_selection(selection: str, device: torch.device) -> bool:
-    """True for the threshold path."""
+def _resolve_selection(selection: str, device: torch.device) -> str:
+    """The selection mode: "heap" (numba, CPU), "threshold" (torch sparse) or "dense"."""
     if selection not in _SELECTIONS:
         raise ValueError(f"selection must be one of {_SELECTIONS}, got {selection!r}")
     if selection == "auto":
-        return device.type == "cpu"
-    return selection == "threshold"
+        if device.type != "cpu":
+            return "dense"
+        return "heap" if _numba_scan() is not None else "threshold"
+    if selection == "heap":
+        if device.type != "cpu":
+            raise ValueError("selection='heap' runs on CPU only")
+        if _numba_scan() is None:
+            raise ValueError("selection='heap' needs numba")
+    return selection
 
 
 def _n_rows(x: Any) -> tuple[int, int]:
@@ -433,7 +683,7 @@ def topk_cosine(
     """
     dev = pick_device(device)
     dt = resolve_dtype(dtype, dev)
-    thresh = _resolve_selection(selection, dev)
+    mode = _resolve_selection(selection, dev)
     nq, d = _n_rows(queries)
     nk, dk = _n_rows(keys)
     if d != dk:
@@ -457,17 +707,16 @@ def topk_cosine(
     qb = int(block_rows) if block_rows else default_block_rows(dev, d, dt)
     qb = max(1, qb)
     kb = max(1, kb)
-    run = _Running(nqv, width, dev)
+    few = few or dt != torch.float32 and dev.type == "cpu" and mode == "heap"
+    heaps = _Heaps(nqv, width) if mode == "heap" and not few else None
+    run = None if heaps is not None else _Running(nqv, width, dev)
     k_starts = list(range(0, nk, kb))
     q_starts = list(range(0, nqv, qb)) if nqv else []
     total = len(k_starts) * max(1, len(q_starts))
     done = 0
     bad_keys: list[torch.Tensor] = []
     s_dtype = dt if dev.type != "cpu" else torch.float32
-    buf = m1 = None
-    if nqv and thresh and not few:
-        cap = min(qb, nqv) * kb
-        m1 = torch.empty(cap, dtype=torch.bool, device=dev)
+    buf = None
     for s in k_starts:
         e = min(s + kb, nk)
         K = _rows(keys, s, e, dev)
@@ -506,13 +755,18 @@ def topk_cosine(
                     r = hit.nonzero().squeeze(1)
                     S[r, loc[r]] = _NEG
             ids = (lambda p, s=s: p + s)
-            th = None
-            if thresh and not few:
-                th = run.thr[q0:q1] if run.warm(q0, q1) else _lower_bounds(S, width, 1)
-            if th is None:
-                _dense(run, q0, S, ids)
+            if heaps is not None:
+                Sn = S.numpy() if S.is_contiguous() else S.contiguous().numpy()
+                _scan_block(Sn, q0, 0, rows=True, cols=False, diag=False, h=heaps, floor_r=_floor(heaps, S, q0, 1),
+                            floor_c=heaps.none(C), cid0=s, rid0=0)
             else:
-                _threshold(run, S, q0, 0, m1[: R * C].view(R, C), th, None, ids)
+                th = None
+                if mode == "threshold" and not few:
+                    th = run.thr[q0:q1] if run.warm(q0, q1) else _lower_bounds(S, width, 1)
+                if th is None:
+                    _dense(run, q0, S, ids)
+                else:
+                    _threshold(run, S, q0, 0, th, None, ids)
             done += 1
             if progress is not None:
                 progress(done, total)
@@ -520,7 +774,7 @@ def topk_cosine(
             done += 1
             if progress is not None:
                 progress(done, total)
-    vals, idx = run.vals, run.idx
+    vals, idx = heaps.result() if heaps is not None else (run.vals, run.idx)
     if dt != torch.float32 and nqv:
         vals = torch.where(vals == _NEG, _NEG, _rescore(Qv, idx, lambda ii: normalize_rows(_gather_rows(keys, ii, dev))[0]))
     vals, idx = _sort_rows(vals.cpu(), idx.cpu())
@@ -593,7 +847,7 @@ def all_pairs_topk(
     """
     dev = pick_device(device)
     dt = resolve_dtype(dtype, dev)
-    thresh = _resolve_selection(selection, dev)
+    mode = _resolve_selection(selection, dev)
     n, d = _n_rows(W)
     if k < 0:
         raise ValueError("k must be >= 0")
@@ -609,7 +863,10 @@ def all_pairs_topk(
     kv = min(width, max(nv - 1, 0))
     if kv > 0:
         block = int(block_rows) if block_rows else default_block_rows(dev, d, dt)
-        vals, idx = _symmetric(U, kv, max(1, block), dt, thresh, progress)
+        if mode == "heap" and dt == torch.float32:
+            vals, idx = _symmetric_heap(U, kv, max(1, block), progress)
+        else:
+            vals, idx = _symmetric(U, kv, max(1, block), dt, mode == "threshold", progress)
         if dt != torch.float32:
             vals = torch.where(vals == _NEG, _NEG, _rescore(U, idx, lambda ii: U[ii]))
         idx = torch.where(idx >= 0, vid[idx.clamp_min(0)], idx)
@@ -631,6 +888,44 @@ def all_pairs_topk(
     return TopK(torch.cat((self_v, rest.values), 1), torch.cat((self_ids.unsqueeze(1), rest.indices), 1))
 
 
+def _symmetric_heap(U: torch.Tensor, k: int, block: int, progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_symmetric` with the numba heap scan (CPU, float32): each block pair (i, j >= i) is one
+    GEMM (the diagonal ones only above the diagonal) and one pass that feeds both sides."""
+    _numba_scan()
+    nv = U.shape[0]
+    h = _Heaps(nv, k)
+    starts = list(range(0, nv, block))
+    nb = len(starts)
+    total = nb * (nb + 1) // 2
+    done = 0
+    cap = min(block, nv) ** 2
+    sbuf = torch.empty(cap, dtype=torch.float32)
+    for bi, r0 in enumerate(starts):
+        r1 = min(r0 + block, nv)
+        A = U[r0:r1]
+        for c0 in starts[bi:]:
+            c1 = min(c0 + block, nv)
+            R, C = r1 - r0, c1 - c0
+            S = sbuf[: R * C].view(R, C)
+            if c0 == r0:
+                # the upper triangle only, in strips of _SUB_HEAP rows: strip p is rows p0..p1 of
+                # the block against its columns p0.., scanned above its own diagonal
+                for p0 in range(0, R, _SUB_HEAP):
+                    p1 = min(p0 + _SUB_HEAP, R)
+                    St = sbuf[: (p1 - p0) * (R - p0)].view(p1 - p0, R - p0)
+                    torch.mm(A[p0:p1], A[p0:].T, out=St)
+                    _scan_block(St.numpy(), r0 + p0, r0 + p0, rows=True, cols=True, diag=True, h=h,
+                                floor_r=h.none(p1 - p0), floor_c=h.none(R - p0), cid0=r0 + p0, rid0=r0 + p0)
+            else:
+                torch.mm(A, U[c0:c1].T, out=S)
+                _scan_block(S.numpy(), r0, c0, rows=True, cols=True, diag=False, h=h, floor_r=_floor(h, S, r0, 1),
+                            floor_c=_floor(h, S, c0, 0), cid0=c0, rid0=r0)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    return h.result()
+
+
 def _symmetric(U: torch.Tensor, k: int, block: int, dt: torch.dtype, thresh: bool,
                progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
     """Running top-k (unsorted, self excluded) of every row of unit-row matrix U (all valid),
@@ -646,7 +941,6 @@ def _symmetric(U: torch.Tensor, k: int, block: int, dt: torch.dtype, thresh: boo
     cap = min(block, nv) ** 2
     use_buf = dev.type == "cpu" and dt == torch.float32
     sbuf = torch.empty(cap, dtype=torch.float32, device=dev) if use_buf else None
-    mask = torch.empty(cap, dtype=torch.bool, device=dev) if thresh else None
     for bi, r0 in enumerate(starts):
         r1 = min(r0 + block, nv)
         A = Uc[r0:r1]
@@ -661,7 +955,7 @@ def _symmetric(U: torch.Tensor, k: int, block: int, dt: torch.dtype, thresh: boo
                 # upper triangle only (strips of sub-blocks), then both sides, like an off-diagonal block
                 S = _upper_triangle(A, S)
                 th = run.thr[r0:r1]
-                _threshold(run, S, r0, r0, mask[: R * C].view(R, C), th, th, ids_c)
+                _threshold(run, S, r0, r0, th, th, ids_c)
             else:
                 if S is not None:
                     torch.mm(A, Uc[c0:c1].T, out=S)
@@ -686,7 +980,7 @@ def _symmetric(U: torch.Tensor, k: int, block: int, dt: torch.dtype, thresh: boo
                     if th_c is None:
                         _dense(run, c0, S, ids_r, dim=0)
                     if th_r is not None or th_c is not None:
-                        _threshold(run, S, r0, c0, mask[: R * C].view(R, C), th_r, th_c, ids_c)
+                        _threshold(run, S, r0, c0, th_r, th_c, ids_c)
             done += 1
             if progress is not None:
                 progress(done, total)
@@ -694,22 +988,26 @@ def _symmetric(U: torch.Tensor, k: int, block: int, dt: torch.dtype, thresh: boo
 
 
 _SUB = 512
+_SUB_HEAP = 256
 
 
-def _upper_triangle(A: torch.Tensor, S: Optional[torch.Tensor]) -> torch.Tensor:
+def _upper_triangle(A: torch.Tensor, S: Optional[torch.Tensor], *, fill: bool = True) -> torch.Tensor:
     """A·Aᵀ on and above the diagonal in strips of `_SUB` rows (about 5/8 of the flops of the
-    full block for 4 strips); the diagonal and everything below it set to -inf."""
+    full block for 4 strips). With `fill`, the diagonal and everything below it are set to
+    -inf; without, what lies left of each strip is left as it was."""
     R = A.shape[0]
     if S is None:
         S = torch.empty((R, R), dtype=torch.float32, device=A.device)
     for p0 in range(0, R, _SUB):
         p1 = min(p0 + _SUB, R)
-        strip = A[p0:p1] @ A[p0:].T
-        S[p0:p1, p0:] = strip
-        if p0:
-            S[p0:p1, :p0] = _NEG
-        sub = S[p0:p1, p0:p1]
-        sub.masked_fill_(_tril(p1 - p0, A.device), _NEG)
+        if p1 - p0 == R - p0 and S.is_contiguous() and p0 == 0:
+            torch.mm(A, A.T, out=S)
+        else:
+            S[p0:p1, p0:] = A[p0:p1] @ A[p0:].T
+        if fill:
+            if p0:
+                S[p0:p1, :p0] = _NEG
+            S[p0:p1, p0:p1].masked_fill_(_tril(p1 - p0, A.device), _NEG)
     return S
 
 
