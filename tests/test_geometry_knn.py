@@ -159,7 +159,7 @@ def test_merge_topk_k_larger_than_candidates_and_shape_errors():
 
 
 @pytest.mark.parametrize("selection", SELECTIONS)
-@pytest.mark.parametrize("block", [32, 64, 100, 333, 2048])
+@pytest.mark.parametrize("block", [48, 100, 333, 2048])
 def test_all_pairs_equals_brute_force_random(block, selection):
     W = random_matrix(700, 24, 1, zero=[5], nan=[17, 400], dup=[(3, 650)])
     ref_v, ref_i = brute_all_pairs(W, 26)
@@ -168,7 +168,7 @@ def test_all_pairs_equals_brute_force_random(block, selection):
 
 
 @pytest.mark.parametrize("selection", SELECTIONS)
-@pytest.mark.parametrize("block", [50, 128, 600])
+@pytest.mark.parametrize("block", [72, 128, 600])
 def test_all_pairs_equals_brute_force_planted(block, selection):
     p = plant(600, 32, seed=3, n_nan=2)
     ref_v, ref_i = brute_all_pairs(p.W_dec, 26)
@@ -188,7 +188,8 @@ def test_all_pairs_large_blocks_split_diagonal(block):
     # blocks over 512 rows: the diagonal block is computed as strips of its upper triangle
     W = random_matrix(1300, 16, 15, zero=[700], nan=[1299], dup=[(10, 1200)])
     ref_v, ref_i = brute_all_pairs(W, 26)
-    assert_same_topk(all_pairs_topk(W, 25, block_rows=block, selection="threshold"), ref_v, ref_i)
+    for selection in ("heap", "threshold"):
+        assert_same_topk(all_pairs_topk(W, 25, block_rows=block, selection=selection), ref_v, ref_i)
 
 
 def test_all_pairs_default_block_larger_k_than_rows_and_k1():
@@ -251,13 +252,30 @@ def test_all_pairs_progress_and_inputs():
     assert torch.equal(got.indices, as64.indices)
 
 
+def test_topk_cosine_progress_and_threads_restored():
+    K = random_matrix(400, 12, 16)
+    Q = random_matrix(200, 12, 17)
+    threads = torch.get_num_threads()
+    calls = []
+    got = topk_cosine(Q, K, 5, block_rows=64, progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1] == (28, 28) and [c[0] for c in calls] == list(range(1, 29))
+    assert torch.get_num_threads() == threads
+    ref_v, ref_i = brute_topk(Q, K, 6)
+    assert_same_topk(got, ref_v, ref_i)
+    all_pairs_topk(K, 5, block_rows=64)
+    assert torch.get_num_threads() == threads
+
+
 def test_feature_topk_equals_all_pairs_rows():
     W = random_matrix(200, 16, 7, zero=[10], nan=[11])
     full = all_pairs_topk(W, 12, block_rows=64)
     feats = [0, 10, 11, 57, 199]
     got = feature_topk(W, feats, 12)
-    assert torch.equal(got.indices, full.indices[feats])
-    torch.testing.assert_close(got.values, full.values[feats], rtol=0, atol=ATOL, equal_nan=True)
+    ref = brute_all_pairs(W, 13)
+    assert_same_topk(got, ref[0][feats], ref[1][feats])
+    assert_same_topk(TopK(full.values[feats], full.indices[feats]), ref[0][feats], ref[1][feats])
+    many = feature_topk(W, list(range(0, 200, 2)), 12)  # past the few-queries path
+    assert_same_topk(many, ref[0][::2], ref[1][::2])
 
 
 def test_bfloat16_recall_against_float32():
@@ -280,7 +298,7 @@ def test_bfloat16_recall_against_float32():
 
 
 @pytest.mark.parametrize("selection", SELECTIONS)
-@pytest.mark.parametrize("block", [13, 128, 1000])
+@pytest.mark.parametrize("block", [64, 128, 1000])
 def test_topk_cosine_equals_brute_force(block, selection):
     K = random_matrix(500, 20, 9, zero=[0], nan=[250])
     Q = random_matrix(150, 20, 10, zero=[4], nan=[7])

@@ -84,7 +84,7 @@ def neighbors(mirror: "Mirror", feature: FeatureIdLike, k: int = 10, *, against:
     Within its own source a stored all-pairs table is reused when it holds k neighbours;
     otherwise one exact blocked query runs against the decoder.
     """
-    from .knn import topk_cosine
+    from .knn import feature_topk, topk_cosine
 
     fid = FeatureId.coerce(feature)
     sid = fid.source_id
@@ -99,10 +99,13 @@ def neighbors(mirror: "Mirror", feature: FeatureIdLike, k: int = 10, *, against:
     W = _decoder(mirror, sid, device)
     if not 0 <= fid.index < W.shape[0]:
         raise WeightsError(f"{fid}: index outside the attached decoder's {W.shape[0]} rows")
-    keys = W if target == sid else _decoder(mirror, target, device)
-    found = topk_cosine(W[fid.index : fid.index + 1], keys, k, device=device)
+    if target == sid:  # self first, exactly as the stored all-pairs table and topkCosSim lay it out
+        found = feature_topk(W, [fid.index], k, device=device)
+    else:
+        found = topk_cosine(W[fid.index : fid.index + 1], _decoder(mirror, target, device), k, device=device)
+    width = found.indices.shape[1]
     return with_explanations(mirror, target, _numbered({
-        "rank": pa.array(np.arange(k, dtype=np.int32)),
+        "rank": pa.array(np.arange(width, dtype=np.int32)),
         "index": pa.array(found.indices[0].numpy().astype(np.int64)),
         "cosine": pa.array(found.values[0].double().numpy()),
     }))

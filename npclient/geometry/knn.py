@@ -2,8 +2,8 @@
 
 Memory is O(n*k + block), never an n x n matrix. The search follows faiss's
 `knn_ground_truth` (contrib/exhaustive_search.py): the keys come in blocks, each block is
-searched (`q @ block.T`), its local ids are shifted, and the candidates are merged into a
-running top-k (`merge_topk`, the one merge shared by every path).
+searched (`q @ block.T`), its local ids are shifted, and the candidates go into a running
+top-k per query.
 
 Conventions (those of Neuronpedia's `topkCosSimIndices/Values`, as the emulator serves them):
 
@@ -12,22 +12,29 @@ Conventions (those of Neuronpedia's `topkCosSimIndices/Values`, as the emulator 
   index order with NaN values. An invalid query gets NaN values and the keys in index order.
 - `all_pairs_topk` lists each row itself first (1.0, or NaN for an invalid row), then its k-1
   nearest other rows as above.
+- Ties at the k-th place keep the lower index on every path, so results do not depend on
+  block sizes (values themselves can differ in the last float32 bit between block sizes,
+  as BLAS picks other kernels for other shapes).
 
-Selection. After the matmul of a block, the candidates are chosen in one of two ways:
+All-pairs uses the symmetry of W·Wᵀ: block (i, j) with j >= i is computed once (a diagonal
+block only on and above its diagonal, in strips); its rows feed row block i and its columns
+(the transpose) feed row block j. Invalid rows are taken out before and put back after.
 
-- *dense* (GPUs, and any row whose running top-k is not yet full): `torch.topk` of the block
-  along the row axis (and along the column axis for the symmetric all-pairs), merged into the
-  running top-k;
-- *threshold* (CPU, once rows are full): each row's running k-th value is a threshold; one
-  compare pass over the block (two in all-pairs: against the row thresholds and the column
-  thresholds) and one `nonzero` find the few entries that can still enter a top-k (for random
-  rows about k*ln(n/k) per row over the whole run), which are scattered into a small padded
-  matrix and merged. Exact: an entry below a row's current k-th value can never be in its
-  final top-k.
+Selection, after the matmul of a block (`selection=`):
 
-All-pairs uses the symmetry of W·Wᵀ: block (i, j) with j >= i is computed once; its rows feed
-row block i and its columns (the transpose) feed row block j. Blocks are visited row block by
-row block, columns ascending, so each row receives its candidates in ascending column order.
+- "heap" (CPU, the default where numba is installed, as it is with umap-learn): one compiled,
+  single-threaded pass over the block. Each row's running top-k is a min-heap whose root is its
+  k-th best; a chunk of 64 entries is skipped after one vectorised count of the entries at or
+  above min(row threshold, column thresholds), ~0.1 ns an entry; the few that pass are offered
+  to the row's and the column's heaps. Cold rows use a lower bound from the block's group
+  maxima (`_lower_bounds`) so the first block does not offer everything. A few queries
+  (`query_topk` of one vector) use a fused pass that reads each key once for its norm and
+  its dots, about the cost of one matrix-vector product.
+- "threshold" (CPU without numba): the same idea with torch ops: group maxima find the
+  entries at or above each row's (column's) threshold, which are scattered into a small
+  padded matrix and merged (`merge_topk`'s kernel).
+- "dense" (GPUs): `torch.topk` of the block along the rows (and the columns, in all-pairs),
+  merged into the running top-k; no host synchronisation in the common case.
 
 Low precision (bfloat16/float16, for GPUs) selects with the low-precision matmul and then
 rescores the chosen neighbours in float32, so values are exact cosines; recall against a
@@ -36,9 +43,10 @@ float32 search is what low precision can lose.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional, Sequence
+
+import threading
 
 import numpy as np
 import torch
@@ -219,27 +227,33 @@ class _Running:
         self.thr[rows] = tv.amin(1)
 
 
-def _dense(run: _Running, r0: int, S: torch.Tensor, ids: Callable[[torch.Tensor], torch.Tensor], *, dim: int = 1) -> None:
-    """topk of block S along `dim` (1: S's rows are run rows r0..; 0: S's columns are),
-    merged. Where an entry left out ties the c-th value chosen, that row is redone with exact
-    (value, index) keys, so ties keep the lower index here too."""
-    c = min(run.k, S.shape[dim])
-    if c <= 0:
-        return
-    tv, pos = torch.topk(S, c, dim=dim, sorted=False)
-    Sr = S if dim == 1 else S.T
-    if dim == 0:
-        tv, pos = tv.T, pos.T
+def _block_topk(S: torch.Tensor, c: int, ids: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, key ids) of the c best entries of each row of S. Where an entry left out ties
+    the c-th value chosen, that row is redone with exact (value, index) keys, so ties keep
+    the lower index here too."""
+    tv, pos = torch.topk(S, c, dim=1, sorted=False)
     ci = ids(pos)
+    if S.dtype != torch.float32:  # low precision: ties are rounding, and the values get rescored
+        return tv, ci
     kth = tv.amin(1, keepdim=True)
-    tied = ((Sr >= kth).sum(1) > c).nonzero().squeeze(1)
+    tied = ((S >= kth).sum(1) > c).nonzero().squeeze(1)
     if tied.numel():
-        rows = Sr[tied]
-        cols = ids(torch.arange(Sr.shape[1], device=S.device)).unsqueeze(0).expand_as(rows)
+        rows = S[tied]
+        cols = ids(torch.arange(S.shape[1], device=S.device)).unsqueeze(0).expand_as(rows)
         _, p = torch.topk(_order_key(rows, cols), c, dim=1, sorted=False)
         tv, ci = tv.clone(), ci.clone()
         tv[tied] = rows.gather(1, p).to(tv.dtype)
         ci[tied] = cols.gather(1, p)
+    return tv, ci
+
+
+def _dense(run: _Running, r0: int, S: torch.Tensor, ids: Callable[[torch.Tensor], torch.Tensor], *, dim: int = 1) -> None:
+    """`_block_topk` of block S along `dim` (1: S's rows are run rows r0..; 0: S's columns
+    are), merged into the running top-k."""
+    c = min(run.k, S.shape[dim])
+    if c <= 0:
+        return
+    tv, ci = _block_topk(S if dim == 1 else S.T, c, ids)
     run.merge(slice(r0, r0 + tv.shape[0]), tv, ci)
 
 
@@ -473,15 +487,45 @@ def _scan_py(S, a0, a1, b0, b1, r0, c0, cid0, rid0, rows, cols, diag, hv, hi, fl
                         tc[b] = t2
 
 
+def _query_scan_py(K, Q, base, ex, hv, hi, bad, k):  # pragma: no cover - compiled by numba
+    """Few queries against key rows K (one read of K): each key's norm and its dots with the
+    unit queries Q are accumulated in float64, cos = dot / |key| goes to query qi's heap.
+    Keys with norm 0 or non-finite are marked in `bad` and skipped; ex[qi] (a global key id,
+    -1 for none) is left out for query qi; ids are base + row."""
+    n, d = K.shape
+    m = Q.shape[0]
+    for i in range(n):
+        row = K[i]
+        s2 = 0.0
+        for j in range(d):
+            x = np.float64(row[j])
+            s2 += x * x
+        if not (s2 > 0.0 and s2 < np.inf):
+            bad[i] = True
+            continue
+        inv = 1.0 / np.sqrt(s2)
+        for qi in range(m):
+            if ex[qi] == base + i:
+                continue
+            qrow = Q[qi]
+            dot = 0.0
+            for j in range(d):
+                dot += np.float64(row[j]) * np.float64(qrow[j])
+            v = np.float32(dot * inv)
+            if v >= hv[qi, 0]:
+                _heap_push(hv, hi, qi, v, base + i, k)
+
+
 _heap_push = None
 _scan = None
+_query_scan = None
 _NUMBA: Optional[bool] = None
 
 
 def _numba_scan():
     """The compiled `_scan_py` (compiled once per process, cached on disk), or None when
     numba is missing."""
-    global _heap_push, _scan, _NUMBA
+    global _heap_push, _scan, _query_scan, _NUMBA
     if _NUMBA is None:
         try:
             import numba
@@ -490,6 +534,7 @@ def _numba_scan():
             return None
         _heap_push = numba.njit(cache=True, nogil=True, inline="always")(_heap_push_py)
         _scan = numba.njit(cache=True, nogil=True, fastmath=True)(_scan_py)
+        _query_scan = numba.njit(cache=True, nogil=True, fastmath=True)(_query_scan_py)
         _NUMBA = True
     return _scan if _NUMBA else None
 
@@ -645,7 +690,7 @@ def _rescore(qn: torch.Tensor, idx: torch.Tensor, key_rows: Callable[[torch.Tens
     if n == 0 or k == 0:
         return out
     d = qn.shape[1]
-    chunk = max(1, (1 << 25) // max(1, k * d))
+    chunk = max(1, (1 << (25 if idx.device.type == "cpu" else 27)) // max(1, k * d))
     for s in range(0, n, chunk):
         ii = idx[s:s + chunk]
         ok = ii >= 0
@@ -678,8 +723,10 @@ def topk_cosine(
     less if `exclude` is given. Invalid keys (zero/NaN rows) rank last with NaN values; an
     invalid query gets NaN values and the keys in index order. `block_rows` bounds both the
     key block and the query block; memory is O(nq*k + block_rows^2). `progress(done, total)`
-    is called after each block. `selection`: "auto" (threshold on CPU, dense elsewhere),
-    "threshold" or "dense". Returns CPU tensors.
+    is called after each block. `selection`: "auto" (the numba heap scan on CPU, or the torch
+    "threshold" path without numba; "dense" elsewhere), "heap", "threshold" or "dense". With
+    fewer than 64 valid queries the keys' blocks are sized by bytes (~8 MB) and each block's
+    own top-k is kept and merged in batches. Returns CPU tensors.
     """
     dev = pick_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -702,14 +749,18 @@ def topk_cosine(
     Qv = qn[vq] if nqv < nq else qn
     Qc = Qv.to(dt) if dt != torch.float32 else Qv
     ex_v = ex.to(dev)[vq] if ex is not None else None
+    if nqv and nqv <= _FUSED_MAX_QUERIES and mode == "heap" and dt == torch.float32:
+        return _fused_queries(Qv, q_valid, keys, nk, width, ex, ex_v, block_rows, progress)
+    # few queries: memory bound, one read of each key block; its top-k is kept and merged in batches
     few = nqv < 64
-    kb = int(block_rows) if block_rows else default_block_rows(dev, d, dt, n_queries=nqv)
-    qb = int(block_rows) if block_rows else default_block_rows(dev, d, dt)
-    qb = max(1, qb)
-    kb = max(1, kb)
-    few = few or dt != torch.float32 and dev.type == "cpu" and mode == "heap"
-    heaps = _Heaps(nqv, width) if mode == "heap" and not few else None
+    kb = max(1, int(block_rows) if block_rows else default_block_rows(dev, d, dt, n_queries=nqv))
+    qb = max(1, int(block_rows) if block_rows else default_block_rows(dev, d, dt))
+    if few:
+        qb = max(qb, nqv)
+    heaps = _Heaps(nqv, width) if mode == "heap" and not few and dt == torch.float32 else None
     run = None if heaps is not None else _Running(nqv, width, dev)
+    pend_v: list[torch.Tensor] = []
+    pend_i: list[torch.Tensor] = []
     k_starts = list(range(0, nk, kb))
     q_starts = list(range(0, nqv, qb)) if nqv else []
     total = len(k_starts) * max(1, len(q_starts))
@@ -732,6 +783,22 @@ def topk_cosine(
         any_bad = bool(kbad.any())
         if any_bad:
             bad_keys.append(kbad.nonzero().squeeze(1).cpu() + s)
+        if heaps is not None and len(q_starts) >= 2 and _cpu_threads() > 1:
+            # query blocks on worker threads (single-threaded GEMM + scan each; see _run_exclusive)
+            def task(pair, sbuf, s=s, e=e, Kc=Kc, kbad=kbad, any_bad=any_bad):
+                q0 = q_starts[pair[0]]
+                q1 = min(q0 + qb, nqv)
+                S = sbuf[: (q1 - q0) * (e - s)].view(q1 - q0, e - s)
+                torch.mm(Qc[q0:q1], Kc.T, out=S)
+                _mask_block(S, q0, s, kbad if any_bad else None, ex_v)
+                _scan_block(S.numpy(), q0, 0, rows=True, cols=False, diag=False, h=heaps,
+                            floor_r=_floor(heaps, S, q0, 1), floor_c=heaps.none(e - s), cid0=s, rid0=0)
+
+            base = done
+            _run_exclusive([(i, i) for i in range(len(q_starts))], task, _cpu_threads(),
+                           min(qb, nqv) * kb, None if progress is None else (lambda d_, t_, b=base: progress(b + d_, total)))
+            done += len(q_starts)
+            continue
         for q0 in q_starts:
             q1 = min(q0 + qb, nqv)
             R, C = q1 - q0, e - s
@@ -746,22 +813,23 @@ def topk_cosine(
                     S = S.to(s_dtype)
             if norms is not None:
                 S.div_(norms.unsqueeze(0))
-            if any_bad:
-                S.masked_fill_(kbad.unsqueeze(0), _NEG)
-            if ex_v is not None:
-                loc = ex_v[q0:q1] - s
-                hit = (loc >= 0) & (loc < C)
-                if bool(hit.any()):
-                    r = hit.nonzero().squeeze(1)
-                    S[r, loc[r]] = _NEG
+            _mask_block(S, q0, s, kbad if any_bad else None, ex_v)
             ids = (lambda p, s=s: p + s)
-            if heaps is not None:
+            if few:
+                c = min(width, C)
+                tv, ci = _block_topk(S, c, ids)
+                pend_v.append(tv.float())
+                pend_i.append(ci)
+                if len(pend_v) >= 64:
+                    run.merge(slice(0, nqv), torch.cat(pend_v, 1), torch.cat(pend_i, 1))
+                    pend_v, pend_i = [], []
+            elif heaps is not None:
                 Sn = S.numpy() if S.is_contiguous() else S.contiguous().numpy()
                 _scan_block(Sn, q0, 0, rows=True, cols=False, diag=False, h=heaps, floor_r=_floor(heaps, S, q0, 1),
                             floor_c=heaps.none(C), cid0=s, rid0=0)
             else:
                 th = None
-                if mode == "threshold" and not few:
+                if mode == "threshold":
                     th = run.thr[q0:q1] if run.warm(q0, q1) else _lower_bounds(S, width, 1)
                 if th is None:
                     _dense(run, q0, S, ids)
@@ -774,10 +842,58 @@ def topk_cosine(
             done += 1
             if progress is not None:
                 progress(done, total)
+    if pend_v:
+        run.merge(slice(0, nqv), torch.cat(pend_v, 1), torch.cat(pend_i, 1))
     vals, idx = heaps.result() if heaps is not None else (run.vals, run.idx)
     if dt != torch.float32 and nqv:
         vals = torch.where(vals == _NEG, _NEG, _rescore(Qv, idx, lambda ii: normalize_rows(_gather_rows(keys, ii, dev))[0]))
     vals, idx = _sort_rows(vals.cpu(), idx.cpu())
+    invalid_keys = torch.cat(bad_keys) if bad_keys else torch.empty(0, dtype=torch.int64)
+    return _fill(vals, idx, q_valid.cpu(), width, invalid_keys, ex)
+
+
+def _mask_block(S: torch.Tensor, q0: int, s: int, kbad: Optional[torch.Tensor], ex_v: Optional[torch.Tensor]) -> None:
+    """-inf at invalid keys (columns) and at each query's excluded key, in block S of queries
+    q0.. against keys s.."""
+    if kbad is not None:
+        S.masked_fill_(kbad.unsqueeze(0), _NEG)
+    if ex_v is not None:
+        loc = ex_v[q0:q0 + S.shape[0]] - s
+        hit = (loc >= 0) & (loc < S.shape[1])
+        if bool(hit.any()):
+            r = hit.nonzero().squeeze(1)
+            S[r, loc[r]] = _NEG
+
+
+_FUSED_MAX_QUERIES = 8
+_FUSED_BLOCK_BYTES = 64 << 20
+
+
+def _fused_queries(Qv: torch.Tensor, q_valid: torch.Tensor, keys: Any, nk: int, width: int,
+                   ex: Optional[torch.Tensor], ex_v: Optional[torch.Tensor], block_rows: Optional[int],
+                   progress: Progress) -> TopK:
+    """A handful of valid queries on CPU: one numba pass over the keys computes each key's norm
+    and dots together (each key read once from memory, ~ the cost of one matrix-vector
+    product) and feeds per-query heaps."""
+    _numba_scan()
+    nqv, d = Qv.shape
+    h = _Heaps(nqv, width)
+    Qn = np.ascontiguousarray(Qv.numpy())
+    exn = (ex_v.numpy() if ex_v is not None else np.full(nqv, -1)).astype(np.int64)
+    kb = int(block_rows) if block_rows else max(1, _FUSED_BLOCK_BYTES // (4 * max(d, 1)))
+    starts = list(range(0, nk, kb))
+    bad_keys = []
+    for done, s in enumerate(starts, 1):
+        e = min(s + kb, nk)
+        K = _rows(keys, s, e, torch.device("cpu"))
+        Kn = K.numpy() if K.is_contiguous() else K.contiguous().numpy()
+        bad = np.zeros(e - s, dtype=np.bool_)
+        _query_scan(Kn, Qn, s, exn, h.hv, h.hi, bad, width)
+        if bad.any():
+            bad_keys.append(torch.from_numpy(np.flatnonzero(bad) + s))
+        if progress is not None:
+            progress(done, len(starts))
+    vals, idx = _sort_rows(*h.result())
     invalid_keys = torch.cat(bad_keys) if bad_keys else torch.empty(0, dtype=torch.int64)
     return _fill(vals, idx, q_valid.cpu(), width, invalid_keys, ex)
 
@@ -890,40 +1006,135 @@ def all_pairs_topk(
 
 def _symmetric_heap(U: torch.Tensor, k: int, block: int, progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
     """`_symmetric` with the numba heap scan (CPU, float32): each block pair (i, j >= i) is one
-    GEMM (the diagonal ones only above the diagonal) and one pass that feeds both sides."""
+    GEMM (a diagonal one only above its diagonal) and one pass that feeds both sides.
+
+    With T = torch.get_num_threads() > 1, T worker threads each take a block pair whose row
+    blocks no other worker holds (so no heap row is written by two threads) and run its GEMM
+    single-threaded, then its scan: the scans overlap the other workers' GEMMs instead of
+    leaving cores idle, and no OpenMP barrier waits on a descheduled thread. torch's thread
+    count is set to 1 for the duration of the call and restored after."""
     _numba_scan()
     nv = U.shape[0]
     h = _Heaps(nv, k)
     starts = list(range(0, nv, block))
-    nb = len(starts)
-    total = nb * (nb + 1) // 2
-    done = 0
+    pairs = [(bi, bj) for bi in range(len(starts)) for bj in range(bi, len(starts))]
+    T = min(_cpu_threads(), max(1, len(starts) // 2))
     cap = min(block, nv) ** 2
-    sbuf = torch.empty(cap, dtype=torch.float32)
-    for bi, r0 in enumerate(starts):
-        r1 = min(r0 + block, nv)
+
+    def run_pair(pair: tuple[int, int], sbuf: torch.Tensor) -> None:
+        r0, c0 = starts[pair[0]], starts[pair[1]]
+        r1, c1 = min(r0 + block, nv), min(c0 + block, nv)
         A = U[r0:r1]
-        for c0 in starts[bi:]:
-            c1 = min(c0 + block, nv)
-            R, C = r1 - r0, c1 - c0
+        R, C = r1 - r0, c1 - c0
+        if c0 == r0:
+            # the upper triangle only, in strips of _SUB_HEAP rows: strip p is rows p0..p1 of
+            # the block against its columns p0.., scanned above its own diagonal
+            for p0 in range(0, R, _SUB_HEAP):
+                p1 = min(p0 + _SUB_HEAP, R)
+                St = sbuf[: (p1 - p0) * (R - p0)].view(p1 - p0, R - p0)
+                torch.mm(A[p0:p1], A[p0:].T, out=St)
+                _scan_block(St.numpy(), r0 + p0, r0 + p0, rows=True, cols=True, diag=True, h=h,
+                            floor_r=h.none(p1 - p0), floor_c=h.none(R - p0), cid0=r0 + p0, rid0=r0 + p0)
+        else:
             S = sbuf[: R * C].view(R, C)
-            if c0 == r0:
-                # the upper triangle only, in strips of _SUB_HEAP rows: strip p is rows p0..p1 of
-                # the block against its columns p0.., scanned above its own diagonal
-                for p0 in range(0, R, _SUB_HEAP):
-                    p1 = min(p0 + _SUB_HEAP, R)
-                    St = sbuf[: (p1 - p0) * (R - p0)].view(p1 - p0, R - p0)
-                    torch.mm(A[p0:p1], A[p0:].T, out=St)
-                    _scan_block(St.numpy(), r0 + p0, r0 + p0, rows=True, cols=True, diag=True, h=h,
-                                floor_r=h.none(p1 - p0), floor_c=h.none(R - p0), cid0=r0 + p0, rid0=r0 + p0)
-            else:
-                torch.mm(A, U[c0:c1].T, out=S)
-                _scan_block(S.numpy(), r0, c0, rows=True, cols=True, diag=False, h=h, floor_r=_floor(h, S, r0, 1),
-                            floor_c=_floor(h, S, c0, 0), cid0=c0, rid0=r0)
-            done += 1
+            torch.mm(A, U[c0:c1].T, out=S)
+            _scan_block(S.numpy(), r0, c0, rows=True, cols=True, diag=False, h=h, floor_r=_floor(h, S, r0, 1),
+                        floor_c=_floor(h, S, c0, 0), cid0=c0, rid0=r0)
+
+    if T <= 1:
+        sbuf = torch.empty(cap, dtype=torch.float32)
+        for done, pair in enumerate(pairs, 1):
+            run_pair(pair, sbuf)
             if progress is not None:
-                progress(done, total)
+                progress(done, len(pairs))
+        return h.result()
+    _run_exclusive(pairs, run_pair, T, cap, progress)
     return h.result()
+
+
+def _run_exclusive(pairs: list[tuple[int, int]], fn: Callable, T: int, cap: int, progress: Progress) -> None:
+    """Run fn(pair, scratch) for every pair on T threads, never two pairs that share a block at
+    the same time, taking pairs in list order where possible. torch runs single-threaded
+    meanwhile (each thread is one core's worth of GEMM); progress is reported from this thread."""
+    import queue
+
+    pending = list(pairs)
+    busy: set[int] = set()
+    cond = threading.Condition()
+    events: "queue.Queue[Optional[BaseException]]" = queue.Queue()
+    failed: list[BaseException] = []
+
+    def worker() -> None:
+        sbuf = torch.empty(cap, dtype=torch.float32)
+        while True:
+            with cond:
+                while True:
+                    if not pending or failed:
+                        return
+                    pick = next((p for p in pending if p[0] not in busy and p[1] not in busy), None)
+                    if pick is not None:
+                        pending.remove(pick)
+                        busy.update(pick)
+                        break
+                    cond.wait()
+            err: Optional[BaseException] = None
+            try:
+                fn(pick, sbuf)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                err = e
+            with cond:
+                busy.difference_update(pick)
+                if err is not None:
+                    failed.append(err)
+                cond.notify_all()
+            events.put(err)
+
+    threads = [threading.Thread(target=worker, name=f"npclient-knn-{t}", daemon=True) for t in range(T)]
+    _torch_threads_enter()
+    try:
+        for t in threads:
+            t.start()
+        for done in range(1, len(pairs) + 1):
+            err = events.get()
+            if err is not None:
+                raise err
+            if progress is not None:
+                progress(done, len(pairs))
+    finally:
+        with cond:
+            if len(failed) == 0 and pending:
+                failed.append(RuntimeError("interrupted"))
+            cond.notify_all()
+        for t in threads:
+            t.join()
+        _torch_threads_exit()
+
+
+_THREADS_LOCK = threading.Lock()
+_THREADS_STATE = {"depth": 0, "saved": 0}
+
+
+def _cpu_threads() -> int:
+    """torch's thread count as the caller set it (not the 1 that a running call set)."""
+    with _THREADS_LOCK:
+        return _THREADS_STATE["saved"] if _THREADS_STATE["depth"] else torch.get_num_threads()
+
+
+def _torch_threads_enter() -> None:
+    """torch single-threaded while worker threads run (nested and concurrent calls share one
+    saved value, restored when the last one leaves)."""
+    with _THREADS_LOCK:
+        if _THREADS_STATE["depth"] == 0:
+            _THREADS_STATE["saved"] = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _THREADS_STATE["depth"] += 1
+
+
+def _torch_threads_exit() -> None:
+    with _THREADS_LOCK:
+        _THREADS_STATE["depth"] -= 1
+        if _THREADS_STATE["depth"] == 0:
+            torch.set_num_threads(_THREADS_STATE["saved"])
 
 
 def _symmetric(U: torch.Tensor, k: int, block: int, dt: torch.dtype, thresh: bool,
@@ -976,7 +1187,6 @@ def _symmetric(U: torch.Tensor, k: int, block: int, dt: torch.dtype, thresh: boo
                     th_c = run.thr[c0:c1] if run.warm(c0, c1) else _lower_bounds(S, k, 0)
                     if th_r is None:
                         _dense(run, r0, S, ids_c, dim=1)
-                        th_r = None
                     if th_c is None:
                         _dense(run, c0, S, ids_r, dim=0)
                     if th_r is not None or th_c is not None:
@@ -991,23 +1201,21 @@ _SUB = 512
 _SUB_HEAP = 256
 
 
-def _upper_triangle(A: torch.Tensor, S: Optional[torch.Tensor], *, fill: bool = True) -> torch.Tensor:
-    """A·Aᵀ on and above the diagonal in strips of `_SUB` rows (about 5/8 of the flops of the
-    full block for 4 strips). With `fill`, the diagonal and everything below it are set to
-    -inf; without, what lies left of each strip is left as it was."""
+def _upper_triangle(A: torch.Tensor, S: Optional[torch.Tensor]) -> torch.Tensor:
+    """A·Aᵀ above the diagonal, in strips of `_SUB` rows (about 5/8 of the flops of the full
+    block for 4 strips); the diagonal and everything below it set to -inf."""
     R = A.shape[0]
     if S is None:
         S = torch.empty((R, R), dtype=torch.float32, device=A.device)
     for p0 in range(0, R, _SUB):
         p1 = min(p0 + _SUB, R)
-        if p1 - p0 == R - p0 and S.is_contiguous() and p0 == 0:
+        if p0 == 0 and p1 == R and S.is_contiguous():
             torch.mm(A, A.T, out=S)
         else:
             S[p0:p1, p0:] = A[p0:p1] @ A[p0:].T
-        if fill:
-            if p0:
-                S[p0:p1, :p0] = _NEG
-            S[p0:p1, p0:p1].masked_fill_(_tril(p1 - p0, A.device), _NEG)
+        if p0:
+            S[p0:p1, :p0] = _NEG
+        S[p0:p1, p0:p1].masked_fill_(_tril(p1 - p0, A.device), _NEG)
     return S
 
 
