@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-
-from npclient import aio
 import contextlib
 import datetime as _dt
 import importlib.metadata
@@ -61,6 +59,9 @@ if str(REPO) not in sys.path:  # allow running without PYTHONPATH=.
 
 from npclient import Budget, Feature, FeatureId  # noqa: E402
 from npclient.client import DEFAULT_CONCURRENCY, NeuronpediaClient  # noqa: E402
+from npclient import aio  # noqa: E402
+
+from machine import cpu_model, usable_cores  # noqa: E402
 
 MODEL = "gpt2-small"
 SOURCE = "0-res-bench"
@@ -70,16 +71,8 @@ CLIENT_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def machine_info() -> dict[str, str]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count() or 0
+    cpu = cpu_model()
+    usable = usable_cores()
     versions = []
     for dist in ("httpx", "httpcore", "h11", "anyio", "uvicorn", "starlette", "orjson", "pydantic", "tenacity"):
         try:

@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from machine import cpu_model, usable_cores
 
 REPO = Path(__file__).resolve().parents[1]
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -48,16 +49,8 @@ TICKS = os.sysconf("SC_CLK_TCK")
 def machine_info() -> dict[str, str]:
     import torch
 
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count() or 0
+    cpu = cpu_model()
+    usable = usable_cores()
     versions = [f"torch {torch.__version__}"]
     for dist in ("numpy", "numba", "faiss-cpu"):
         try:

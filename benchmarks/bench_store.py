@@ -25,6 +25,7 @@ from npclient import FeatureId, NeuronpediaClient, SourceId
 from npclient.mirror import Mirror
 from npclient.sync import SyncOptions, run_sync
 from npclient.testing import EmulatorConfig, EmulatorServer, SourceSpec
+from machine import cpu_model, usable_cores
 
 
 def pct(values: list[float], q: float) -> float:
@@ -33,17 +34,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def machine() -> str:
-    cpu = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return f"{cpu_model()}, {usable_cores()} cores, Python {platform.python_version()}"
 
 
 def main() -> None:
