@@ -145,3 +145,20 @@ print(len(counts), counts[0], counts[-1], int(counts == sorted(counts)))
     assert polls >= 10 and monotonic == 1
     assert first < 1000 and last >= first
     assert summary.fetched == 990
+
+
+def test_two_syncs_on_one_file_take_turns_and_duplicate_nothing(np_emulator_factory, tmp_path):
+    server = np_emulator_factory(small_config(d_sae=400, hole_rate=0.02, latency_s=0.05))
+    env = {**os.environ, "NEURONPEDIA_BASE_URL": server.url, "NP_MIRROR_HOME": str(tmp_path / "home")}
+    args = ["sync", f"{SRC[0]}/{SRC[1]}", "--quiet", "--concurrency", "2", "--api-only"]
+    reference, shared = tmp_path / "reference.duckdb", tmp_path / "shared.duckdb"
+    done = subprocess.run(_cli(*args, "--db", str(reference), env=env), env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr  # holes
+    procs = [subprocess.Popen(_cli(*args, "--db", str(shared), env=env), env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [1, 1], errors  # both finished; only the holes failed
+    assert not any("Traceback" in e or "busy" in e for e in errors), errors
+    want, got = table_contents(str(reference)), table_contents(str(shared))
+    for table in ("features", "activations", "explanations", "raw_chunks"):
+        assert got[table] == want[table], table
