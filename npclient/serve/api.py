@@ -30,9 +30,9 @@ from starlette.routing import Route
 from ..errors import InvalidIdError, NPError
 from ..ids import FeatureId, SourceId
 from ..mirror import Mirror
-from ..store import rawblob
-from ..testing.emulator.routes import _js_falsy, _yup_int, _yup_string
+from ..testing.emulator.routes import parse_features_body
 from ..testing.emulator.routes import api_routes as _emulator_routes
+from ..testing.emulator.state import collect_features_post
 
 __all__ = ["MirrorReader", "api_routes", "json_response", "SHARED_PATHS", "SEARCH_PAGE", "DECODER_PATH"]
 
@@ -143,17 +143,10 @@ class MirrorReader:
         return raw
 
     def features_post(self, items: list[tuple[str, str, int]], max_acts: Optional[int]) -> list[dict[str, Any]]:
-        found: dict[tuple[str, str, int], dict[str, Any]] = {}
-        for m, s, i in items:
-            if (m, s, i) in found or _valid_source(m, s) is None:
-                continue
-            item = self.features_post_item(m, s, i, max_acts)
-            if item is not None:
-                found[(m, s, i)] = item
-        first_pos: dict[int, int] = {}
-        for pos, (_, _, i) in enumerate(items):
-            first_pos.setdefault(i, pos)
-        return sorted(found.values(), key=lambda r: first_pos[int(r["index"])])
+        return collect_features_post(
+            items,
+            lambda m, s, i: self.features_post_item(m, s, i, max_acts) if _valid_source(m, s) is not None else None,
+        )
 
     # ---- models and sources --------------------------------------------------------
     def source_rows(self, model_id: Optional[str] = None) -> list[dict[str, Any]]:
@@ -316,28 +309,10 @@ async def post_features(request: Request) -> Response:
     ok, body = await _json_body(request)
     if not ok:
         return json_response({"message": "Invalid JSON body"}, 400)
-    if _js_falsy(body):
-        return json_response({"message": "Invalid JSON body"}, 400)
-    if not isinstance(body, list):
-        return json_response(
-            {"message": f"this must be a `array` type, but the final value was: `{orjson.dumps(body).decode()}`."}, 400
-        )
-    if len(body) > _MAX_BATCH:
+    if isinstance(body, list) and len(body) > _MAX_BATCH:
         return json_response({"message": f"at most {_MAX_BATCH} features a request"}, 400)
-    items: list[tuple[str, str, int]] = []
-    max_acts: Optional[int] = None
     try:
-        for pos, item in enumerate(body):
-            if not isinstance(item, dict):
-                raise ValueError(f"[{pos}] must be a `object` type")
-            model_id = _yup_string(item, "modelId", pos)
-            layer = _yup_string(item, "layer", pos)
-            index = _yup_int(item, "index", pos, required=True)
-            acts = _yup_int(item, "maxActsToReturn", pos, required=False)
-            if pos == 0:
-                max_acts = acts
-            assert index is not None
-            items.append((model_id, layer, index))
+        items, max_acts = parse_features_body(body)
     except ValueError as exc:
         return json_response({"message": str(exc)}, 400)
     items = [(m, s, i) for m, s, i in items if 0 <= i < 2**31] if items else []

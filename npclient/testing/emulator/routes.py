@@ -123,30 +123,36 @@ def _yup_int(item: dict[str, Any], key: str, pos: int, required: bool) -> int | 
     return int(v)
 
 
-async def post_features(request: Request) -> Response:
-    st = _state(request)
-    body = await _json_body(request)
+def parse_features_body(body: Any) -> tuple[list[tuple[str, str, int]], int | None]:
+    """Validate a `POST /api/features` body as the real route does (yup messages included).
+
+    Returns the (modelId, layer, index) items and `maxActsToReturn`, which the real route reads
+    from the first item only. Raises ValueError with the message the route answers 400 with.
+    """
     if _js_falsy(body):
-        return json_response({"message": "Invalid JSON body"}, 400)
+        raise ValueError("Invalid JSON body")
     if not isinstance(body, list):
-        return json_response(
-            {"message": f"this must be a `array` type, but the final value was: `{orjson.dumps(body).decode()}`."},
-            400,
-        )
+        raise ValueError(f"this must be a `array` type, but the final value was: `{orjson.dumps(body).decode()}`.")
     items: list[tuple[str, str, int]] = []
     max_acts: int | None = None
+    for pos, item in enumerate(body):
+        if not isinstance(item, dict):
+            raise ValueError(f"[{pos}] must be a `object` type")
+        model_id = _yup_string(item, "modelId", pos)
+        layer = _yup_string(item, "layer", pos)
+        index = _yup_int(item, "index", pos, required=True)
+        acts = _yup_int(item, "maxActsToReturn", pos, required=False)
+        if pos == 0:
+            max_acts = acts
+        assert index is not None
+        items.append((model_id, layer, index))
+    return items, max_acts
+
+
+async def post_features(request: Request) -> Response:
+    st = _state(request)
     try:
-        for pos, item in enumerate(body):
-            if not isinstance(item, dict):
-                raise ValueError(f"[{pos}] must be a `object` type")
-            model_id = _yup_string(item, "modelId", pos)
-            layer = _yup_string(item, "layer", pos)
-            index = _yup_int(item, "index", pos, required=True)
-            acts = _yup_int(item, "maxActsToReturn", pos, required=False)
-            if pos == 0:
-                max_acts = acts  # the real route reads it from the first item only
-            assert index is not None
-            items.append((model_id, layer, index))
+        items, max_acts = parse_features_body(await _json_body(request))
     except ValueError as exc:
         return json_response({"message": str(exc)}, 400)
     if not items:

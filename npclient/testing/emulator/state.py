@@ -13,7 +13,7 @@ import hashlib
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..saes import MONTHS, PlantedSAE, can_plant, plant
+from ..saes import PlantedSAE, can_plant, plant
 from ..synthetic import SyntheticDecoder, make_synthetic
 from .config import EmulatorConfig, FaultConfig, RateLimitConfig, SourceSpec
 from .faults import FaultInjector, stable_unit
@@ -147,6 +147,24 @@ def words(text: str) -> set[str]:
 
 # --------------------------------------------------------------------------- request log
 
+
+
+def collect_features_post(
+    items: Sequence[tuple[str, str, int]], lookup: Callable[[str, str, int], dict[str, Any] | None]
+) -> list[dict[str, Any]]:
+    """What POST /api/features answers: found rows only, deduplicated, ordered by the position
+    of their *index alone* in the request (the real route's `findIndex` ignores model and layer)."""
+    found: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for m, s, i in items:
+        if (m, s, i) in found:
+            continue
+        item = lookup(m, s, i)
+        if item is not None:
+            found[(m, s, i)] = item
+    first_pos: dict[int, int] = {}
+    for pos, (_, _, i) in enumerate(items):
+        first_pos.setdefault(i, pos)
+    return sorted(found.values(), key=lambda r: first_pos[int(r["index"])])
 
 @dataclass(slots=True)
 class RequestRecord:
@@ -976,19 +994,8 @@ class EmulatorState:
         return full
 
     def features_post(self, items: Sequence[tuple[str, str, int]], max_acts: int | None = None) -> list[dict[str, Any]]:
-        """POST /api/features: found rows only, deduplicated, ordered by the position of their
-        *index alone* in the request (the real route's `findIndex` ignores model and layer)."""
-        found: dict[tuple[str, str, int], dict[str, Any]] = {}
-        for m, s, i in items:
-            if (m, s, i) in found:
-                continue
-            item = self.features_post_item(m, s, i, max_acts)
-            if item is not None:
-                found[(m, s, i)] = item
-        first_pos: dict[int, int] = {}
-        for pos, (_, _, i) in enumerate(items):
-            first_pos.setdefault(i, pos)
-        return sorted(found.values(), key=lambda r: first_pos[int(r["index"])])
+        """POST /api/features (see `collect_features_post`)."""
+        return collect_features_post(items, lambda m, s, i: self.features_post_item(m, s, i, max_acts))
 
     def features_offset(self, model_id: str, source_id: str, offset: int) -> list[dict[str, Any]]:
         """POST /api/features-offset: 25 live features from `offset` in natural index order,
