@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 import httpx
-import orjson
 
 from npclient import NeuronpediaClient, SourceId
 from npclient.mirror import Mirror
@@ -153,7 +152,7 @@ def main() -> None:
     with Mirror(db, read_only=True) as mirror:
         rows = mirror.sql("SELECT model_id, source, \"index\" FROM features").to_pylist()
         sample = mirror.feature(f"{rows[0]['model_id']}/{rows[0]['source']}/{rows[0]['index']}")
-        body_kb = len(orjson.dumps(sample.raw)) / 1024 if sample else 0.0
+        body_kb = len(sample.raw_json) / 1024 if sample else 0.0
     rng = random.Random(0)
     paths = [f"/api/feature/{r['model_id']}/{r['source']}/{r['index']}" for r in rows]
     rng.shuffle(paths)

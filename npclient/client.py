@@ -47,7 +47,10 @@ __all__ = [
 log = logging.getLogger("npclient.client")
 
 DEFAULT_BASE_URL = "https://www.neuronpedia.org"
-DEFAULT_CONCURRENCY = 32
+#: Requests in flight at most. In flight is not rate: the `Pacer` alone decides how often a
+#: request starts, so this only has to cover latency. At 50 ms a request, 32 left the one
+#: event-loop thread idle a fifth of the time; 64 kept it busy (benchmarks/RESULTS.md).
+DEFAULT_CONCURRENCY = 64
 #: Features per `POST /api/features`. The endpoint is unbounded server-side; a feature with
 #: 20+ activations is ~40 kB, so 25 keeps a response near 1 MB.
 DEFAULT_BATCH_SIZE = 25
@@ -61,6 +64,8 @@ ENDPOINT_BUDGETS: Mapping[str, Budget] = {
 }
 
 FeatureResult = Union[Feature, NPError]
+#: Turns a 2xx body into the value a call returns; raises an `NPError` for a bad body.
+Decode = Callable[[bytes, str], Any]
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -158,14 +163,18 @@ class NeuronpediaClient:
                 break
         return pacers
 
-    async def _send(self, method: str, path: str, *, json: Any = None) -> Any:
-        """Send one API call; return its parsed JSON body or raise an `NPError`."""
+    async def _send(self, method: str, path: str, *, json: Any = None, decode: Optional[Decode] = None) -> Any:
+        """Send one API call; return its body decoded (JSON by default) or raise an `NPError`.
+
+        Decoding happens inside the retry loop, so a truncated or malformed body
+        (`NPTransportError` from `decode`) is fetched again like any transient fault.
+        """
         async for attempt in self.retry.retrying(self._sleep):
             with attempt:
-                return await self._send_once_through_cooldowns(method, path, json)
+                return await self._send_once_through_cooldowns(method, path, json, decode or _decode_json)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
-    async def _send_once_through_cooldowns(self, method: str, path: str, json: Any) -> Any:
+    async def _send_once_through_cooldowns(self, method: str, path: str, json: Any, decode: Decode) -> Any:
         pacers = self._pacers_for(path)
         cooldowns = 0
         while True:
@@ -173,7 +182,8 @@ class NeuronpediaClient:
                 async with self._semaphore, contextlib.AsyncExitStack() as stack:
                     for pacer in pacers:
                         await stack.enter_async_context(pacer.slot())
-                    return await self._send_once(method, path, json, pacers)
+                    content = await self._send_once(method, path, json, pacers)
+                return decode(content, self.base_url + path)
             except RateLimited as exc:
                 target = self._pacer_for_429(pacers, exc)
                 if target is None or cooldowns >= self.retry.max_rate_limited:
@@ -193,7 +203,7 @@ class NeuronpediaClient:
                 return pacer
         return pacers[0] if pacers else None
 
-    async def _send_once(self, method: str, path: str, json: Any, pacers: list[Pacer]) -> Any:
+    async def _send_once(self, method: str, path: str, json: Any, pacers: list[Pacer]) -> bytes:
         url = self.base_url + path
         self.requests_sent += 1
         try:
@@ -214,19 +224,15 @@ class NeuronpediaClient:
         remaining = response.headers.get("x-limit-remaining")
         if remaining is not None and remaining.strip().lstrip("-").isdigit() and pacers:
             pacers[0].observe_remaining(int(remaining))
-        try:
-            return orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            raise NPTransportError(
-                f"malformed JSON body ({len(response.content)} bytes)", url=url
-            ) from None
+        return response.content
 
     # ---- features ------------------------------------------------------------------------
     async def get_feature(self, feature: FeatureIdLike) -> Feature:
         """`GET /api/feature/{model}/{source}/{index}`: the full feature, untrimmed."""
         fid = FeatureId.coerce(feature)
-        body = await self._send("GET", f"/api/feature/{fid.model_id}/{fid.source}/{fid.index}")
-        return _feature_from_body(body, fid, self.base_url)
+        return await self._send(  # type: ignore[no-any-return]
+            "GET", f"/api/feature/{fid.model_id}/{fid.source}/{fid.index}", decode=_decode_feature
+        )
 
     async def get_features(
         self,
@@ -400,17 +406,26 @@ class NeuronpediaClient:
         return VectorInfo.model_validate(vector)
 
 
-def _feature_from_body(body: Any, fid: FeatureId, base_url: str) -> Feature:
-    url = f"{base_url}/api/feature/{fid.model_id}/{fid.source}/{fid.index}"
-    if not isinstance(body, dict):
-        # Neuronpedia answers an unknown feature with 404, but some deploys send `null`.
-        if body is None:
-            raise NotFound(404, url, "null body")
-        raise NPTransportError("feature body is not a JSON object", url=url)
+def _decode_json(content: bytes, url: str) -> Any:
     try:
-        return Feature.from_raw(body)
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        raise NPTransportError(f"malformed JSON body ({len(content)} bytes)", url=url) from None
+
+
+def _decode_feature(content: bytes, url: str) -> Feature:
+    """One pass from bytes to `Feature`; the slower diagnosis runs only for a bad body."""
+    try:
+        return Feature.from_json(content)
     except ValueError as exc:
-        raise PayloadError(f"unparseable feature at {url}: {str(exc)[:200]}") from None
+        reason = str(exc)[:200]
+    body = _decode_json(content, url)  # not JSON at all: transient, retried
+    if body is None:
+        # Neuronpedia answers an unknown feature with 404, but some deploys send `null`.
+        raise NotFound(404, url, "null body")
+    if not isinstance(body, dict):
+        raise NPTransportError("feature body is not a JSON object", url=url)
+    raise PayloadError(f"unparseable feature at {url}: {reason}")
 
 
 def _retry_after(value: Optional[str]) -> Optional[float]:

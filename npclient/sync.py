@@ -305,7 +305,7 @@ async def _sync_source(
         async for fid, result in client.iter_features(todo, method=options.method, max_acts=options.max_acts):
             if isinstance(result, Feature):
                 # POST answers carry no relations; GET answers do. Either way the origin says which.
-                rows.append(FeatureRow(result, "get" if result.raw.get("model") is not None else origin))
+                rows.append(FeatureRow(result, "get" if result.model is not None else origin))
             else:
                 failures.append(_failure(fid, result))
             done += 1

@@ -211,3 +211,21 @@ def test_base_url_from_environment(monkeypatch):
     client = NeuronpediaClient(budget=None)
     assert client.base_url == "http://127.0.0.1:9"
     asyncio.run(client.aclose())
+
+
+def test_feature_body_faults_are_classified():
+    """A body that is not JSON is transient (retried); `null` is Neuronpedia's not-found; JSON that
+    is not a feature is a payload error (not retried)."""
+    from npclient.client import _decode_feature
+    from npclient.errors import NotFound, NPTransportError, PayloadError
+
+    url = "http://127.0.0.1/api/feature/m/s/1"
+    with pytest.raises(NPTransportError, match="malformed JSON"):
+        _decode_feature(b'{"modelId": "m", "layer": "s", "ind', url)
+    with pytest.raises(NotFound):
+        _decode_feature(b"null", url)
+    with pytest.raises(NPTransportError, match="not a JSON object"):
+        _decode_feature(b"[1, 2]", url)
+    with pytest.raises(PayloadError, match="unparseable feature"):
+        _decode_feature(b'{"modelId": "m", "layer": "s"}', url)
+    assert _decode_feature(b'{"modelId": "m", "layer": "s", "index": "1"}', url).index == 1

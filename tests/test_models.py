@@ -43,7 +43,7 @@ def test_unknown_fields_kept_everywhere():
 def test_nulls_for_lists_become_empty():
     raw = dict(BASE, activations=None, explanations=None, pos_str=None)
     f = Feature.from_raw(raw)
-    assert f.activations == [] and f.explanations == [] and f.pos_str == []
+    assert f.activations == [] and f.explanations == [] and f.pos_str == ()
 
 
 def test_source_d_sae_from_saelens_config():
@@ -71,8 +71,8 @@ def test_odd_payloads_parse_and_round_trip(index, extra, floats_, tokens):
     f = Feature.from_raw(raw)
     assert f.index == int(index)
     assert f.raw == raw
-    assert f.pos_values == floats_
-    assert f.activations[0].tokens == tokens
+    assert f.pos_values == tuple(floats_)
+    assert f.activations[0].tokens == tuple(tokens)
     for key, value in extra.items():
         alias_hit = any((fi.alias or name) == key for name, fi in Feature.model_fields.items())
         if not alias_hit:
@@ -86,3 +86,23 @@ def test_search_page():
     )
     assert page.results[0].feature_id.index == 3 and not page.has_more
     assert not math.isnan(page.results[0].cosine_similarity)
+
+
+def test_from_json_keeps_the_bytes_and_raw_is_a_fresh_copy():
+    body = json.dumps(BASE, ensure_ascii=False).encode()
+    f = Feature.from_json(body)
+    assert f.raw_json == body and f.raw == BASE
+    f.raw["index"] = "999"  # a caller editing its copy changes nothing stored
+    assert f.raw["index"] == "12" and f.model_dump() == Feature.from_raw(BASE).model_dump()
+
+
+def test_scalar_arrays_are_tuples_the_garbage_collector_stops_walking():
+    # Thousands of features held in memory cost the cyclic GC nothing per token or value:
+    # CPython untracks a tuple of strings/floats at its first collection (lists stay tracked).
+    import gc
+
+    f = Feature.from_json(json.dumps(BASE).encode())
+    act = f.activations[0]
+    assert isinstance(act.tokens, tuple) and isinstance(act.values, tuple) and isinstance(f.topk_cos_sim_indices, tuple)
+    gc.collect()
+    assert not gc.is_tracked(act.tokens) and not gc.is_tracked(act.values)

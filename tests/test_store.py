@@ -42,13 +42,13 @@ def test_features_arrow_and_typed_columns(tmp_path, features):
     assert table.num_rows == 50
     assert table.column("index").to_pylist() == list(range(50))
     row = table.slice(7, 1).to_pylist()[0]
-    assert row["topk_cos_sim_indices"] == feats[7].topk_cos_sim_indices
+    assert row["topk_cos_sim_indices"] == list(feats[7].topk_cos_sim_indices)
     assert row["origin"] == "post"
     tokens = mirror.sql(
         'SELECT tokens FROM activations WHERE feature_key = ? ORDER BY rank LIMIT 1', ["gpt2-small/0-res-jb/7"]
     ).to_pylist()
     if feats[7].activations:
-        assert tokens[0]["tokens"] == feats[7].activations[0].tokens  # unicode and control characters intact
+        assert tokens[0]["tokens"] == list(feats[7].activations[0].tokens)  # unicode and control characters intact
 
 
 def test_not_a_mirror_is_left_untouched(tmp_path):

@@ -41,9 +41,7 @@ def fetch(
             typer.echo(f"np-mirror: {fid}: {result}", err=True)
         elif as_json:
             if jsonl:
-                import orjson
-
-                lines_out([orjson.dumps(result.raw).decode()])
+                lines_out([result.raw_json.decode()])
             else:
                 json_out(result.raw)
         else:

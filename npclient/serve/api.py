@@ -105,14 +105,14 @@ class MirrorReader:
         ))
 
     def feature_bytes(self, model_id: str, source_id: str, index: int) -> Optional[bytes]:
-        """The stored body, byte for byte as `orjson` wrote what the server sent."""
+        """The stored body, byte for byte as the server sent it (a POST item: as `orjson` wrote it)."""
         key = f"{model_id}/{source_id}/{index}"
         with self.db.connect() as cur:
             chunks = cur.execute("SELECT chunk FROM raw_chunks WHERE feature_key = ? ORDER BY seq", [key]).fetchall()
         if chunks:
             return zlib.decompress(b"".join(c[0] for c in chunks))
         feature = self.mirror.feature(FeatureId(model_id, source_id, index))  # an imported (export) feature
-        return None if feature is None else orjson.dumps(feature.raw)
+        return None if feature is None else feature.raw_json
 
     def feature_raw(self, model_id: str, source_id: str, index: int) -> Optional[dict[str, Any]]:
         body = self.feature_bytes(model_id, source_id, index)

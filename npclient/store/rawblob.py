@@ -12,20 +12,30 @@ import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import orjson
+from .. import jsonio
 
 CHUNK_BYTES = 3500  # below DuckDB's inline string block limit
 
 
 def pack(raw: Any) -> list[bytes]:
-    data = zlib.compress(orjson.dumps(raw), 1)
+    return pack_json(jsonio.dumps(raw))
+
+
+def pack_json(body: bytes) -> list[bytes]:
+    data = zlib.compress(body, 1)
     return [data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
 
 
 def unpack(chunks: Iterable[bytes]) -> Any:
-    return orjson.loads(zlib.decompress(b"".join(chunks)))
+    return jsonio.loads(unpack_json(chunks))
+
+
+def unpack_json(chunks: Iterable[bytes]) -> bytes:
+    return zlib.decompress(b"".join(chunks))
 
 
 def rows(key: str, raw: Any) -> Iterator[tuple[str, int, bytes]]:
-    for seq, chunk in enumerate(pack(raw)):
+    """Chunk rows of one body, given decoded or as JSON bytes."""
+    chunks = pack_json(raw) if isinstance(raw, bytes) else pack(raw)
+    for seq, chunk in enumerate(chunks):
         yield key, seq, chunk

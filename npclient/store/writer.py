@@ -155,10 +155,10 @@ def build_tables(rows: Sequence[FeatureRow], parts: Iterable[str], run_id: Optio
                         "author_id": e.author_id,
                     }
                 )
-        raw = f.raw
-        dropped = [p for p in ("activations", "explanations") if p not in parts and p in raw]
+        raw: Any = f.raw_json
+        dropped = [p for p in ("activations", "explanations") if p not in parts]
         if dropped:
-            raw = {k: v for k, v in raw.items() if k not in dropped}
+            raw = {k: v for k, v in f.raw.items() if k not in dropped}
         for k, seq, chunk in rawblob.rows(key, raw):
             raw_keys.append(k)
             raw_seq.append(seq)
