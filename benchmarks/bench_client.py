@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as _dt
+import gc
 import importlib.metadata
 import json
 import os
@@ -263,6 +264,8 @@ class Run:
     server_cpu_s: float
     foreign_cpu_s: float
     statuses: dict[str, int]
+    gc_s: float = 0.0
+    gc_full: int = 0
 
     @property
     def rps(self) -> float:
@@ -283,13 +286,37 @@ async def _client_fetch(url: str, ids: list[FeatureId], concurrency: int) -> tup
     return ok, len(results) - ok
 
 
+class GcTimer:
+    """Seconds the client spent in the cyclic garbage collector, and its full collections.
+
+    cProfile charges a collection to whatever function happened to allocate, so it cannot
+    show this; `gc.callbacks` can.
+    """
+
+    def __enter__(self) -> "GcTimer":
+        self.seconds, self.full, self._t = 0.0, 0, 0.0
+        gc.collect()
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._t
+            self.full += info["generation"] == 2
+
+
 def run_client_get(emu: Emulator, n: int, concurrency: int, time_limit_s: float) -> Run:
     emu.reset()
     ids = [FeatureId(MODEL, SOURCE, i) for i in range(n)]
-    with Meter(emu.proc.pid) as m:
+    with GcTimer() as g, Meter(emu.proc.pid) as m:
         ok, errors = aio.run(asyncio.wait_for(_client_fetch(emu.url, ids, concurrency), time_limit_s))
     return Run(f"NeuronpediaClient GET, concurrency {concurrency}", n, m.wall_s, ok, errors, m.client_cpu_s,
-               m.server_cpu_s, m.foreign_cpu_s, status_counts(emu.log()))
+               m.server_cpu_s, m.foreign_cpu_s, status_counts(emu.log()), g.seconds, g.full)
 
 
 def run_sequential_httpx(emu: Emulator, n: int, time_limit_s: float) -> Run:
@@ -477,6 +504,8 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"{client_run.client_cpu_s / client_run.wall_s:.0%} of the wall time, the server "
               f"{client_run.server_cpu_s / client_run.wall_s:.0%}, other processes {client_run.foreign_cpu_s / client_run.wall_s:.0%} "
               f"(of one core; {os.cpu_count()} cores)")
+        print(f"client time in the garbage collector: {client_run.gc_s:.2f} s "
+              f"({client_run.gc_s / client_run.n * 1e3:.2f} ms/req; {client_run.gc_full} full collections)")
         if emu.stats_end:
             print(f"emulator payload cache: start {emu.stats_start}, end {emu.stats_end}")
         print()
