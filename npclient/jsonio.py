@@ -17,7 +17,8 @@ __all__ = ["dumps", "loads"]
 
 
 def dumps(value: Any) -> bytes:
-    """Compact JSON; NaN is written as `null`, as orjson does."""
+    """Compact JSON. orjson writes NaN as `null`; the rare wide-integer fallback writes `NaN`,
+    which `loads` reads back."""
     try:
         return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
     except TypeError:  # an integer wider than 64 bits: the standard library writes it exactly

@@ -65,7 +65,7 @@ class Mirror:
                 "SELECT chunk FROM raw_chunks WHERE feature_key = ? ORDER BY seq", [feature_key(fid)]
             ).fetchall()
             if chunks:
-                return Feature.from_json(rawblob.unpack_json(c[0] for c in chunks))
+                return Feature.from_json(rawblob.unpack(c[0] for c in chunks))
             return _from_export(cur, feature_key(fid))
 
     def features(self, source: SourceId | str, columns: Optional[Sequence[str]] = None) -> pa.Table:

@@ -15,7 +15,6 @@ parameter (`?`), never as SQL.
 from __future__ import annotations
 
 import re
-import zlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,6 +29,7 @@ from starlette.routing import Route
 from ..errors import InvalidIdError, NPError
 from ..ids import FeatureId, SourceId
 from ..mirror import Mirror
+from ..store import rawblob
 from ..testing.emulator.routes import parse_features_body
 from ..testing.emulator.routes import api_routes as _emulator_routes
 from ..testing.emulator.state import collect_features_post
@@ -110,7 +110,7 @@ class MirrorReader:
         with self.db.connect() as cur:
             chunks = cur.execute("SELECT chunk FROM raw_chunks WHERE feature_key = ? ORDER BY seq", [key]).fetchall()
         if chunks:
-            return zlib.decompress(b"".join(c[0] for c in chunks))
+            return rawblob.unpack(c[0] for c in chunks)
         feature = self.mirror.feature(FeatureId(model_id, source_id, index))  # an imported (export) feature
         return None if feature is None else feature.raw_json
 

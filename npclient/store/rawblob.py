@@ -10,32 +10,20 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Iterator
-from typing import Any
-
-from .. import jsonio
 
 CHUNK_BYTES = 3500  # below DuckDB's inline string block limit
 
 
-def pack(raw: Any) -> list[bytes]:
-    return pack_json(jsonio.dumps(raw))
-
-
-def pack_json(body: bytes) -> list[bytes]:
+def pack(body: bytes) -> list[bytes]:
     data = zlib.compress(body, 1)
     return [data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
 
 
-def unpack(chunks: Iterable[bytes]) -> Any:
-    return jsonio.loads(unpack_json(chunks))
-
-
-def unpack_json(chunks: Iterable[bytes]) -> bytes:
+def unpack(chunks: Iterable[bytes]) -> bytes:
+    """The JSON body again, from its chunks in `seq` order."""
     return zlib.decompress(b"".join(chunks))
 
 
-def rows(key: str, raw: Any) -> Iterator[tuple[str, int, bytes]]:
-    """Chunk rows of one body, given decoded or as JSON bytes."""
-    chunks = pack_json(raw) if isinstance(raw, bytes) else pack(raw)
-    for seq, chunk in enumerate(chunks):
+def rows(key: str, body: bytes) -> Iterator[tuple[str, int, bytes]]:
+    for seq, chunk in enumerate(pack(body)):
         yield key, seq, chunk

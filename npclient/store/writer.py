@@ -16,6 +16,7 @@ from typing import Any, Optional
 import orjson
 import pyarrow as pa
 
+from .. import jsonio
 from ..ids import FeatureId
 from ..models import Feature
 from . import rawblob
@@ -155,11 +156,11 @@ def build_tables(rows: Sequence[FeatureRow], parts: Iterable[str], run_id: Optio
                         "author_id": e.author_id,
                     }
                 )
-        raw: Any = f.raw_json
+        body = f.raw_json
         dropped = [p for p in ("activations", "explanations") if p not in parts]
         if dropped:
-            raw = {k: v for k, v in f.raw.items() if k not in dropped}
-        for k, seq, chunk in rawblob.rows(key, raw):
+            body = jsonio.dumps({k: v for k, v in f.raw.items() if k not in dropped})
+        for k, seq, chunk in rawblob.rows(key, body):
             raw_keys.append(k)
             raw_seq.append(seq)
             raw_chunks.append(chunk)
