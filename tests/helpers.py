@@ -1,8 +1,9 @@
-"""Shared test helpers: small emulator configs and table comparisons."""
+"""Shared test helpers: small emulator configs, table comparisons, a brute-force top-k oracle."""
 
 from __future__ import annotations
 
 import duckdb
+import numpy as np
 
 from npclient.testing import EmulatorConfig, SourceSpec
 
@@ -35,3 +36,16 @@ def table_contents(path: str) -> dict[str, list[tuple]]:
         return out
     finally:
         con.close()
+
+
+def brute_topk(w: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Independent reference for `topkCosSim*`: float64 full matrix, self first, undefined
+    cosines (zero rows) last, ties by index."""
+    w = w.astype(np.float64)
+    norms = np.linalg.norm(w, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sims = (w / norms) @ (w / norms).T
+    key = np.nan_to_num(sims, nan=-np.inf)
+    np.fill_diagonal(key, np.inf)
+    idx = np.array([np.lexsort((np.arange(len(w)), -row))[:k] for row in key])
+    return idx, np.take_along_axis(sims, idx, axis=1)

@@ -19,6 +19,8 @@ from npclient.testing import EmulatorServer, EmulatorState
 from npclient.testing.saes import DAYS, MONTHS, make_emulator_sae, make_sae
 from npclient.weights import attach, decoder
 
+from helpers import brute_topk
+
 M, S = "gpt2-small", "0-res-jb"
 SRC = f"{M}/{S}"
 K = 25  # the emulator's default top_k
@@ -50,17 +52,6 @@ def _served(srv: EmulatorServer, index: int) -> dict:
     return r.json()
 
 
-def _brute_topk(w: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """float64 full-matrix reference: self first, undefined cosines last, ties by index."""
-    w = w.astype(np.float64)
-    norms = np.linalg.norm(w, axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sims = (w / norms) @ (w / norms).T
-    key = np.nan_to_num(sims, nan=-np.inf)
-    np.fill_diagonal(key, np.inf)
-    idx = np.array([np.lexsort((np.arange(len(w)), -row))[:k] for row in key])
-    return idx, np.take_along_axis(sims, idx, axis=1)
-
 
 def test_seed_rule_rebuilds_the_emulators_decoder(tmp_path, server, syn) -> None:
     st = server.state
@@ -81,7 +72,7 @@ def test_attached_weights_join_served_features_by_index(db, server, syn) -> None
     W = decoder(db, SRC).numpy()
     assert np.array_equal(W, server.state.decoder(M, S).weights)  # row for row
 
-    ref_i, ref_v = _brute_topk(W, K)
+    ref_i, ref_v = brute_topk(W, K)
     labelled = sorted(syn.labels)
     check = sorted(set(range(0, 1024, 9)) | set(labelled) | set(syn.zero_rows) | set(syn.null_space))
     for i in check:

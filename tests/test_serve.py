@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import httpx
-import orjson
 import pytest
 from starlette.testclient import TestClient
 

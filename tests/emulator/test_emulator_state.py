@@ -18,6 +18,8 @@ from npclient.testing.emulator.ratelimit import RateLimiter
 from npclient.testing.emulator.state import cosine_topk
 from npclient.testing.emulator.config import RateLimitConfig
 
+from helpers import brute_topk
+
 M, S = "gpt2-small", "0-res-jb"
 
 ROW_FIELDS = {
@@ -121,22 +123,11 @@ def test_unicode_and_control_characters_round_trip() -> None:
     assert b"\\u0000" in b"".join(st.feature_bytes(M, S, i) or b"" for i in range(60))
 
 
-def _brute_topk(w: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Independent reference: float64, full matrix, NaN last, self first."""
-    w = w.astype(np.float64)
-    norms = np.linalg.norm(w, axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sims = (w / norms) @ (w / norms).T
-    key = np.nan_to_num(sims, nan=-np.inf)
-    np.fill_diagonal(key, np.inf)
-    idx = np.array([np.lexsort((np.arange(len(w)), -row))[:k] for row in key])
-    return idx, np.take_along_axis(sims, idx, axis=1)
-
 
 def test_topk_cossim_matches_independent_brute_force() -> None:
     st = state()
     syn = st.decoder(M, S)
-    ref_i, ref_v = _brute_topk(syn.weights, 25)
+    ref_i, ref_v = brute_topk(syn.weights, 25)
     zero = syn.zero_rows[0]
     all_i, all_v = st.topk(M, S)  # lazily built blocks == one blocked pass
     one_i, one_v = cosine_topk(syn.weights, 25, block=300)
