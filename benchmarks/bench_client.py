@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import datetime as _dt
 import gc
-import importlib.metadata
 import json
 import os
 import platform
@@ -62,7 +61,7 @@ from npclient import Budget, Feature, FeatureId  # noqa: E402
 from npclient.client import DEFAULT_CONCURRENCY, NeuronpediaClient  # noqa: E402
 from npclient import aio  # noqa: E402
 
-from machine import cpu_model, usable_cores  # noqa: E402
+from machine import cpu_model, git_head, usable_cores, versions  # noqa: E402
 
 MODEL = "gpt2-small"
 SOURCE = "0-res-bench"
@@ -74,31 +73,16 @@ CLIENT_TICKS = os.sysconf("SC_CLK_TCK")
 def machine_info() -> dict[str, str]:
     cpu = cpu_model()
     usable = usable_cores()
-    versions = []
-    for dist in ("httpx", "httpcore", "h11", "anyio", "uvicorn", "starlette", "orjson", "pydantic", "tenacity"):
-        try:
-            versions.append(f"{dist} {importlib.metadata.version(dist)}")
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    for opt in ("uvloop", "httptools"):
-        try:
-            versions.append(f"{opt} {importlib.metadata.version(opt)}")
-        except importlib.metadata.PackageNotFoundError:
-            versions.append(f"{opt} absent")
-    git = "unknown"
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        git = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=5,
-        ).stdout.strip() or "no commit"
+    libs = versions(["httpx", "httpcore", "h11", "anyio", "uvicorn", "starlette", "orjson", "pydantic", "tenacity"],
+                    say_absent=False) + versions(["uvloop", "httptools"])
     return {
         "date (UTC)": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
         "cpu": cpu,
         "cores": f"{os.cpu_count()} logical, {usable} usable",
         "os": f"{platform.system()} {platform.release()}",
         "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "libraries": ", ".join(versions),
-        "git HEAD": git,
+        "libraries": ", ".join(libs),
+        "git HEAD": git_head(),
     }
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import importlib.metadata
 import json
 import os
 import platform
@@ -37,7 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from machine import cpu_model, usable_cores
+from machine import cpu_model, git_head, usable_cores, versions
 
 REPO = Path(__file__).resolve().parents[1]
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -51,16 +50,7 @@ def machine_info() -> dict[str, str]:
 
     cpu = cpu_model()
     usable = usable_cores()
-    versions = [f"torch {torch.__version__}"]
-    for dist in ("numpy", "numba", "faiss-cpu"):
-        try:
-            versions.append(f"{dist} {importlib.metadata.version(dist)}")
-        except importlib.metadata.PackageNotFoundError:
-            versions.append(f"{dist} absent")
-    git = "unknown"
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5).stdout.strip() or "no commit"
+    libs = [f"torch {torch.__version__}", *versions(["numpy", "numba", "faiss-cpu"])]
     mem = "?"
     with contextlib.suppress(OSError, ValueError, IndexError):
         kb = int(Path("/proc/meminfo").read_text().splitlines()[0].split()[1])
@@ -72,9 +62,9 @@ def machine_info() -> dict[str, str]:
         "torch threads": f"{torch.get_num_threads()} (faiss set to the same)",
         "os": f"{platform.system()} {platform.release()}",
         "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "libraries": ", ".join(versions),
+        "libraries": ", ".join(libs),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
-        "git HEAD": git,
+        "git HEAD": git_head(),
     }
 
 
