@@ -30,37 +30,19 @@ from ..errors import InvalidIdError, NPError
 from ..ids import FeatureId, SourceId
 from ..mirror import Mirror
 from ..store import rawblob
-from ..testing.emulator.routes import parse_features_body
+from ..testing.emulator.routes import json_response, parse_features_body, parse_search_body, raw_json_response, source_missing
 from ..testing.emulator.routes import api_routes as _emulator_routes
-from ..testing.emulator.state import collect_features_post
+from ..testing.emulator.state import SEARCH_PAGE, collect_features_post, search_page, words
 
 __all__ = ["MirrorReader", "api_routes", "json_response", "SHARED_PATHS", "SEARCH_PAGE", "DECODER_PATH"]
 
 #: Neuronpedia's API paths as the emulator serves them (the shared route table).
 SHARED_PATHS: tuple[str, ...] = tuple(r.path for r in _emulator_routes())
 DECODER_PATH = "/api/np-mirror/decoder/{model_id}/{source_id}/{index}"
-SEARCH_PAGE = 20
 _MAX_QUERY_WORDS = 16
 _MAX_LAYERS = 256
 _MAX_BATCH = 1000
 _INT_RE = re.compile(r"[0-9]+")
-_WORD_RE = re.compile(r"[a-z0-9]+")
-
-
-def json_response(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
-def _raw_json(body: bytes) -> Response:
-    return Response(body, status_code=200, media_type="application/json")
-
-
-def _source_missing(model_id: str, source_id: str) -> Response:
-    return json_response({"error": "Not Found", "message": f"Model or source not found: {model_id}/{source_id}"}, 404)
-
-
-def words(text: str) -> set[str]:
-    return set(_WORD_RE.findall(text.lower()))
 
 
 def _like_pattern(word: str) -> str:
@@ -227,7 +209,7 @@ class MirrorReader:
             hits.append((-score, layer_order.get(r["source"], 0), r["index"], r["rank"], r))
         hits.sort(key=lambda h: h[:4])
         page = hits[offset : offset + SEARCH_PAGE]
-        results = [{
+        return search_page(model_id, layers, query, offset, len(hits), [{
             "id": r["explanation_id"],
             "modelId": model_id,
             "layer": r["source"],
@@ -237,14 +219,7 @@ class MirrorReader:
             "typeName": r["type_name"],
             "explanationModelName": r["explanation_model_name"],
             "cosine_similarity": round(-neg, 6),
-        } for neg, _, _, _, r in page]
-        return {
-            "request": {"modelId": model_id, "layers": layers, "query": query, "offset": offset},
-            "results": results,
-            "resultsCount": len(results),
-            "hasMore": offset + len(results) < len(hits),
-            "nextOffset": offset + len(results),
-        }
+        } for neg, _, _, _, r in page])
 
     # ---- decoder rows --------------------------------------------------------------------
     def decoder_row(self, model_id: str, source_id: str, index: int) -> Optional[dict[str, Any]]:
@@ -282,7 +257,7 @@ async def get_feature(request: Request) -> Response:
     model_id, source_id = request.path_params["model_id"], request.path_params["source_id"]
     raw_index = request.path_params["index"]
     if _valid_source(model_id, source_id) is None:
-        return _source_missing(model_id, source_id)
+        return source_missing(model_id, source_id)
     if not _INT_RE.fullmatch(raw_index):
         return json_response(
             {"error": "Invalid index", "message": f"index must be a non-negative integer, got {raw_index!r}"}, 400
@@ -292,9 +267,9 @@ async def get_feature(request: Request) -> Response:
     if raw_index == str(index) and index < 2**31:  # the key is the canonical string: "007" matches nothing
         body = await run_in_threadpool(rd.feature_bytes, model_id, source_id, index)
     if body is not None:
-        return _raw_json(body)
+        return raw_json_response(body)
     if not await run_in_threadpool(rd.source_known, model_id, source_id):
-        return _source_missing(model_id, source_id)
+        return source_missing(model_id, source_id)
     return json_response({"error": "Feature Not Found"}, 404)
 
 
@@ -336,21 +311,11 @@ async def post_explanation_search(request: Request) -> Response:
     ok, body = await _json_body(request)
     if not ok:
         return json_response({"message": "Invalid JSON body"}, 500)
-    if not isinstance(body, dict):
-        return json_response({"message": "Invalid request body"}, 500)
-    model_id, layers, query = body.get("modelId"), body.get("layers"), body.get("query")
-    offset = body.get("offset") or 0
+    try:
+        model_id, layers, query, offset = parse_search_body(body, max_layers=_MAX_LAYERS)
+    except ValueError as exc:
+        return json_response({"message": str(exc)}, 500)
     regex = body.get("regex") is True
-    if not isinstance(model_id, str) or not model_id:
-        return json_response({"message": "modelId is a required field"}, 500)
-    if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers) or not layers:
-        return json_response({"message": "layers is a required field"}, 500)
-    if len(layers) > _MAX_LAYERS:
-        return json_response({"message": f"at most {_MAX_LAYERS} layers"}, 500)
-    if not isinstance(query, str) or not query.strip():
-        return json_response({"message": "query is a required field"}, 500)
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        return json_response({"message": "offset must be a non-negative integer"}, 500)
     rd = _reader(request)
     if model_id not in await run_in_threadpool(rd.model_ids):
         return json_response({"message": f"Model {model_id} not found"}, 500)
@@ -367,7 +332,7 @@ async def get_decoder(request: Request) -> Response:
     model_id, source_id = request.path_params["model_id"], request.path_params["source_id"]
     raw_index = request.path_params["index"]
     if _valid_source(model_id, source_id) is None:
-        return _source_missing(model_id, source_id)
+        return source_missing(model_id, source_id)
     if not _INT_RE.fullmatch(raw_index) or raw_index != str(int(raw_index)):
         return json_response({"error": "Invalid index", "message": f"index must be a non-negative integer, got {raw_index!r}"}, 400)
     row = await run_in_threadpool(_reader(request).decoder_row, model_id, source_id, int(raw_index))

@@ -19,7 +19,10 @@ from starlette.routing import Route
 from .config import FaultConfig, RateLimitConfig
 from .state import EmulatorState
 
-__all__ = ["api_routes", "control_routes", "json_response", "not_found_html"]
+__all__ = [
+    "api_routes", "control_routes", "json_response", "raw_json_response", "source_missing", "not_found_html",
+    "parse_features_body", "parse_search_body",
+]
 
 _INT_RE = re.compile(r"[0-9]+")
 EXPORTS_URL = "https://neuronpedia-datasets.s3.amazonaws.com/index.html?prefix=v1/"
@@ -33,7 +36,7 @@ def json_response(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
-def _raw_json(body: bytes, status: int = 200) -> Response:
+def raw_json_response(body: bytes, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type="application/json")
 
 
@@ -67,7 +70,7 @@ def _js_falsy(v: Any) -> bool:
     return v is None or v is False or v == "" or (isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0)
 
 
-def _source_missing(model_id: str, source_id: str) -> Response:
+def source_missing(model_id: str, source_id: str) -> Response:
     return json_response(
         {"error": "Not Found", "message": f"Model or source not found: {model_id}/{source_id}"}, 404
     )
@@ -82,7 +85,7 @@ async def get_feature(request: Request) -> Response:
     source_id = request.path_params["source_id"]
     raw_index = request.path_params["index"]
     if st.source(model_id, source_id) is None:
-        return _source_missing(model_id, source_id)
+        return source_missing(model_id, source_id)
     if not _INT_RE.fullmatch(raw_index):
         return json_response(
             {"error": "Invalid index", "message": f"index must be a non-negative integer, got {raw_index!r}"}, 400
@@ -92,7 +95,7 @@ async def get_feature(request: Request) -> Response:
     body = st.feature_bytes(model_id, source_id, index) if raw_index == str(index) else None
     if body is None:
         return json_response({"error": "Feature Not Found"}, 404)
-    return _raw_json(body)
+    return raw_json_response(body)
 
 
 def _yup_string(item: dict[str, Any], key: str, pos: int) -> str:
@@ -149,6 +152,29 @@ def parse_features_body(body: Any) -> tuple[list[tuple[str, str, int]], int | No
     return items, max_acts
 
 
+def parse_search_body(body: Any, *, max_layers: int | None = None) -> tuple[str, list[str], str, int]:
+    """Validate a `POST /api/explanation/search` body as the real route does.
+
+    Returns (modelId, layers, query, offset). Raises ValueError with the message the route
+    answers 500 with; `max_layers` adds a bound the real route does not have.
+    """
+    if not isinstance(body, dict):
+        raise ValueError("Invalid request body")
+    model_id, layers, query = body.get("modelId"), body.get("layers"), body.get("query")
+    offset = body.get("offset") or 0
+    if not isinstance(model_id, str) or not model_id:
+        raise ValueError("modelId is a required field")
+    if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers) or not layers:
+        raise ValueError("layers is a required field")
+    if max_layers is not None and len(layers) > max_layers:
+        raise ValueError(f"at most {max_layers} layers")
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError("query is a required field")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError("offset must be a non-negative integer")
+    return model_id, layers, query, offset
+
+
 async def post_features(request: Request) -> Response:
     st = _state(request)
     try:
@@ -167,7 +193,7 @@ async def post_features_offset(request: Request) -> Response:
         raise _Uncaught("cannot destructure body")
     model_id, layer, offset = body.get("modelId"), body.get("layer"), body.get("offset")
     if not isinstance(model_id, str) or not isinstance(layer, str) or st.source(model_id, layer) is None:
-        return _source_missing(str(model_id), str(layer))
+        return source_missing(str(model_id), str(layer))
     if offset is None or offset == 0:
         offset = 0
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
@@ -190,18 +216,10 @@ async def post_explanation_search(request: Request) -> Response:
         body = orjson.loads(await request.body())
     except orjson.JSONDecodeError:
         return json_response({"message": "Invalid JSON body"}, 500)
-    if not isinstance(body, dict):
-        return json_response({"message": "Invalid request body"}, 500)
-    model_id, layers, query = body.get("modelId"), body.get("layers"), body.get("query")
-    offset = body.get("offset") or 0
-    if not isinstance(model_id, str) or not model_id:
-        return json_response({"message": "modelId is a required field"}, 500)
-    if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers) or not layers:
-        return json_response({"message": "layers is a required field"}, 500)
-    if not isinstance(query, str) or not query.strip():
-        return json_response({"message": "query is a required field"}, 500)
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        return json_response({"message": "offset must be a non-negative integer"}, 500)
+    try:
+        model_id, layers, query, offset = parse_search_body(body)
+    except ValueError as exc:
+        return json_response({"message": str(exc)}, 500)
     if model_id not in st.model_ids():
         return json_response({"message": f"Model {model_id} not found"}, 500)
     return json_response(st.search(model_id, layers, query, offset))

@@ -27,7 +27,7 @@ from .config import EmulatorConfig, FaultConfig, RateLimitConfig, SourceSpec
 from .faults import FaultInjector, stable_unit
 from .ratelimit import RateLimiter
 
-__all__ = ["EmulatorState", "RequestRecord", "RequestLog", "cosine_topk", "SEARCH_PAGE", "OFFSET_PAGE"]
+__all__ = ["EmulatorState", "RequestRecord", "RequestLog", "cosine_topk", "SEARCH_PAGE", "OFFSET_PAGE", "search_page", "words", "collect_features_post"]
 
 SEARCH_PAGE = 20
 OFFSET_PAGE = 25
@@ -143,6 +143,19 @@ def _floats(a: np.ndarray, decimals: int = 4) -> list[float | None]:
 def words(text: str) -> set[str]:
     """Lower-case alphanumeric words: what the toy search matches on."""
     return set(_WORD_RE.findall(text.lower()))
+
+
+def search_page(
+    model_id: str, layers: list[str], query: str, offset: int, total: int, results: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The envelope of one `POST /api/explanation/search` page of `total` hits."""
+    return {
+        "request": {"modelId": model_id, "layers": layers, "query": query, "offset": offset},
+        "results": results,
+        "resultsCount": len(results),
+        "hasMore": offset + len(results) < total,
+        "nextOffset": offset + len(results),
+    }
 
 
 # --------------------------------------------------------------------------- request log
@@ -1064,13 +1077,7 @@ class EmulatorState:
                 "explanationModelName": e["explanationModelName"],
                 "cosine_similarity": round(-neg, 6),
             })
-        return {
-            "request": {"modelId": model_id, "layers": layers, "query": query, "offset": offset},
-            "results": results,
-            "resultsCount": len(results),
-            "hasMore": offset + len(results) < len(hits),
-            "nextOffset": offset + len(results),
-        }
+        return search_page(model_id, layers, query, offset, len(hits), results)
 
     def vector(self, model_id: str, source_id: str, index: int) -> dict[str, Any] | None:
         """`vector` of POST /api/vector/get for a stored steering vector, else None."""
