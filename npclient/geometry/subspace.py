@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -90,6 +91,20 @@ def _rows(W: ArrayLike, features: Features, dtype: type = np.float64) -> tuple[n
     a = _matrix(W, "W")
     ids = _feature_ids(a.shape[0], features)
     return np.array(a if features is None else a[ids], dtype=dtype), ids
+
+
+def _row_count(W: ArrayLike) -> int:
+    return int(W.shape[0]) if hasattr(W, "shape") else len(_to_numpy(W))
+
+
+def _row_blocks(W: ArrayLike, ids: np.ndarray, width: int, expected: str) -> Iterator[tuple[slice, np.ndarray]]:
+    """W's rows at `ids` as float64 blocks of `_BLOCK_ROWS`, so a whole decoder is never
+    converted at once; each block is checked to be `width` wide (`expected` ends the error)."""
+    for start in range(0, len(ids), _BLOCK_ROWS):
+        X, _ = _rows(W, ids[start : start + _BLOCK_ROWS])
+        if X.shape[1] != width:
+            raise ValueError(f"W rows have width {X.shape[1]} but {expected}")
+        yield slice(start, start + len(X)), X
 
 
 def _valid_rows(X: np.ndarray) -> np.ndarray:
@@ -235,7 +250,7 @@ def cluster(
         raise ValueError(f"method must be one of {', '.join(_METHODS)}; got {method!r}")
     if threshold is not None and n_clusters is not None:
         raise ValueError("give threshold or n_clusters, not both")
-    n_rows = int(W.shape[0]) if hasattr(W, "shape") else len(_to_numpy(W))
+    n_rows = _row_count(W)
     size = n_rows if features is None else len(_feature_ids(n_rows, features))
     if size > max_features:
         raise ValueError(
@@ -407,15 +422,11 @@ def null_space_fraction(
     Q, Qperp = _colspace_basis(Mn, rtol)
     if hasattr(W, "shape") and len(W.shape) == 2 and int(W.shape[1]) != d_in:
         raise ValueError(f"W rows have width {int(W.shape[1])} but M has {d_in} rows (expected d_in x r)")
-    n_rows = int(W.shape[0]) if hasattr(W, "shape") else len(_to_numpy(W))
+    n_rows = _row_count(W)
     ids = _feature_ids(n_rows, features)
     col = np.empty(len(ids))
     null = np.empty(len(ids))
-    for start in range(0, len(ids), _BLOCK_ROWS):
-        block_ids = ids[start : start + _BLOCK_ROWS]
-        X, _ = _rows(W, block_ids)
-        if X.shape[1] != d_in:
-            raise ValueError(f"W rows have width {X.shape[1]} but M has {d_in} rows (expected d_in x r)")
+    for block, X in _row_blocks(W, ids, d_in, f"M has {d_in} rows (expected d_in x r)"):
         norm2 = np.einsum("ij,ij->i", X, X)
         a = X @ Q
         b = X @ Qperp
@@ -425,8 +436,8 @@ def null_space_fraction(
         undefined = ~_valid_rows(X)
         c[undefined] = np.nan
         z[undefined] = np.nan
-        col[start : start + len(block_ids)] = c
-        null[start : start + len(block_ids)] = z
+        col[block] = c
+        null[block] = z
     with np.errstate(invalid="ignore"):
         invisible = ids[np.isfinite(col) & (col <= threshold)]
     rank = Q.shape[1]
@@ -489,15 +500,11 @@ def suppression(
     if OVn.shape[0] != OVn.shape[1]:
         raise ValueError(f"OV must be square (d_in x d_in), got {tuple(OVn.shape)}")
     d_in = OVn.shape[0]
-    n_rows = int(W.shape[0]) if hasattr(W, "shape") else len(_to_numpy(W))
+    n_rows = _row_count(W)
     ids = _feature_ids(n_rows, features)
     score = np.empty(len(ids))
     cosine = np.empty(len(ids))
-    for start in range(0, len(ids), _BLOCK_ROWS):
-        block_ids = ids[start : start + _BLOCK_ROWS]
-        X, _ = _rows(W, block_ids)
-        if X.shape[1] != d_in:
-            raise ValueError(f"W rows have width {X.shape[1]} but OV is {d_in} x {d_in}")
+    for block, X in _row_blocks(W, ids, d_in, f"OV is {d_in} x {d_in}"):
         Y = X @ OVn
         self_dot = np.einsum("ij,ij->i", X, Y)
         norm2 = np.einsum("ij,ij->i", X, X)
@@ -508,8 +515,8 @@ def suppression(
         undefined = ~_valid_rows(X)
         s[undefined] = np.nan
         c[undefined] = np.nan
-        score[start : start + len(block_ids)] = s
-        cosine[start : start + len(block_ids)] = c
+        score[block] = s
+        cosine[block] = c
     with np.errstate(invalid="ignore"):
         hit = np.isfinite(score) & (score >= threshold)
         if min_cosine is not None:
