@@ -13,6 +13,7 @@
     ├── PayloadError              a well-formed body we cannot understand (schema drift)     [not retried]
     ├── StoreError                the local mirror could not be read or written
     │   ├── NotAMirrorError       a --db file that is not an np-mirror database
+    │   ├── MirrorNotFound        no mirror file where a read needs one
     │   ├── MirrorBusyError       another process holds the database for too long
     │   └── QueryError            SQL that DuckDB rejected (syntax, unknown column, a write when read-only)
     ├── WeightsError              SAE weights missing, malformed or not matching the source
@@ -38,6 +39,7 @@ __all__ = [
     "ServerError",
     "PayloadError",
     "StoreError",
+    "MirrorNotFound",
     "NotAMirrorError",
     "MirrorBusyError",
     "QueryError",
@@ -120,6 +122,10 @@ class StoreError(NPError):
 
 
 class NotAMirrorError(StoreError):
+    pass
+
+
+class MirrorNotFound(StoreError):
     pass
 
 

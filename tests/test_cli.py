@@ -93,6 +93,14 @@ def test_db_that_is_not_a_mirror(env, capsys, tmp_path):
     assert bogus.read_text() == "not a database"
 
 
+def test_reading_a_mirror_that_does_not_exist_is_bad_input(env, capsys, tmp_path):
+    missing = tmp_path / "missing.duckdb"
+    for args in (["status"], ["show", "gpt2-small/0-res-jb/1"], ["sql", "select 1"]):
+        code, _, err = run(capsys, *args, "--db", str(missing))
+        assert code == 2 and "no mirror at" in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert not missing.exists()
+
+
 def test_sql_is_read_only_and_errors_are_one_line(env, capsys):
     server, db = env
     run(capsys, "sync", "gpt2-small/0-res-jb", "--db", str(db), "--quiet", "--range", "0:5")
