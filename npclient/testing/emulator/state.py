@@ -26,6 +26,7 @@ from ..synthetic import SyntheticDecoder, make_synthetic
 from .config import EmulatorConfig, FaultConfig, RateLimitConfig, SourceSpec
 from .faults import FaultInjector, stable_unit
 from .ratelimit import RateLimiter
+from ...wire import explanation_order_key
 
 __all__ = ["EmulatorState", "RequestRecord", "RequestLog", "cosine_topk", "SEARCH_PAGE", "OFFSET_PAGE", "search_page", "words", "collect_features_post"]
 
@@ -129,14 +130,11 @@ def _iso(*parts: Any) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
-def _floats(a: np.ndarray, decimals: int = 4) -> list[float | None]:
-    """Round and convert, NaN/Inf -> None (what JSON.stringify does with them)."""
-    r = np.round(np.asarray(a, dtype=np.float64), decimals)
-    out: list[float | None] = r.tolist()
-    if not np.isfinite(r).all():
-        bad = ~np.isfinite(r)
-        for i in np.flatnonzero(bad):
-            out[int(i)] = None
+def _floats(a: np.ndarray, decimals: int = 4) -> list[float]:
+    """Round and convert. NaN/Inf stay as they are in the database row: the API renders them
+    `null` (JSON.stringify; orjson does the same) and the bulk exports bare `NaN`/`Infinity`
+    (Python's json.dumps defaults, utils/neuronpedia-utils/neuronpedia_utils/export-data.py)."""
+    out: list[float] = np.round(np.asarray(a, dtype=np.float64), decimals).tolist()
     return out
 
 
@@ -247,6 +245,7 @@ class _SaeData:
     descriptions: list[tuple[str, ...]]
     expl_scores: np.ndarray  # (d_sae, 2)
     expl_kind: np.ndarray  # (d_sae, 2) int: explainer / type choice
+    v2_null: np.ndarray  # (d_sae, 2) bool: never scored (scoreV2 NULL, first in GET's order)
     keyword: list[str | None]
     offset_indices: list[int]
     normalised: tuple[np.ndarray, np.ndarray] | None = None
@@ -540,6 +539,7 @@ class EmulatorState:
         expl_scores = np.round(rng.uniform(0.05, 0.95, size=(n, 2)), 4)
         expl_kind = rng.integers(0, 1 << 16, size=(n, 2))
         kw_pick = rng.integers(0, len(_WORDS), size=n)
+        v2_null = _rng(*self._seed("v2null", spec.model_id, spec.source_id)).random((n, 2)) < 0.08
 
         descriptions: list[tuple[str, ...]] = []
         keyword: list[str | None] = []
@@ -586,9 +586,10 @@ class EmulatorState:
                     descriptions[child] = (f"{name} ({topic_name})",)
                     keyword[child] = name
         max_act[status == 1] = 0.0
+        v2_null[planted] = False  # labelled features keep their label first in every order
         offset_indices = [int(i) for i in np.flatnonzero(present & (status == 0))]
         return _SaeData(spec, decoder, present, status, max_act, descriptions, expl_scores, expl_kind,
-                        keyword, offset_indices)
+                        v2_null, keyword, offset_indices)
 
     def vector_data(self, model_id: str, source_id: str) -> _VectorData | None:
         key = (model_id, source_id)
@@ -706,6 +707,13 @@ class EmulatorState:
                 self._cache.popitem(last=False)
         return body
 
+    def feature_db(self, model_id: str, source_id: str, index: int) -> dict[str, Any] | None:
+        """The feature as the database holds it: GET's dict before JSON rendering, so NaN and
+        Infinity are still floats (the API renders them `null`, the bulk exports `NaN`)."""
+        if not self.exists(model_id, source_id, index):
+            return None
+        return self._build_feature(model_id, source_id, index)
+
     def feature(self, model_id: str, source_id: str, index: int) -> dict[str, Any] | None:
         """What GET /api/feature serves, parsed (None where it answers 404)."""
         body = self.feature_bytes(model_id, source_id, index)
@@ -726,6 +734,8 @@ class EmulatorState:
         kind = int(sae.expl_kind[index, j])
         eid = _cuid("expl", self.config.seed, model_id, source_id, index, j)
         score = float(sae.expl_scores[index, j])
+        unscored = bool(sae.v2_null[index, j])
+        umap = self._umap(sae, index)
         return {
             "id": eid,
             "modelId": model_id,
@@ -735,24 +745,42 @@ class EmulatorState:
             "authorId": CREATOR_ID,
             "triggeredByUserId": None,
             "notes": None,
+            # prisma/schema.prisma: scoreV1 Float @default(0), scoreV2 Float? (NULL: never scored)
             "scoreV1": 0,
-            "scoreV2": score,
+            "scoreV2": None if unscored else score,
             "explanationModelName": EXPLAINERS[kind % len(EXPLAINERS)],
             "typeName": EXPLANATION_TYPES[(kind >> 4) % len(EXPLANATION_TYPES)],
-            "umap_x": None,
-            "umap_y": None,
-            "umap_cluster": None,
-            "umap_log_feature_sparsity": None,
+            # UMAP coordinates ride on explanation rows too (the exports carry them only here)
+            "umap_x": umap["umap_x"],
+            "umap_y": umap["umap_y"],
+            "umap_cluster": umap["umap_cluster"],
+            "umap_log_feature_sparsity": umap["umap_log_feature_sparsity"],
             "createdAt": _iso("expl", model_id, source_id, index, j),
-            "scores": [{
+            "scores": [] if unscored else [{
                 "id": _cuid("score", self.config.seed, model_id, source_id, index, j),
                 "value": score,
                 "explanationId": eid,
                 "explanationScoreTypeName": SCORE_TYPES[(kind >> 8) % len(SCORE_TYPES)],
                 "explanationScoreModelName": "gemini-1.5-flash",
                 "initiatedByUserId": CREATOR_ID,
+                "jsonDetails": "",
                 "createdAt": _iso("score", model_id, source_id, index, j),
             }],
+        }
+
+    def _umap(self, sae: _SaeData, index: int) -> dict[str, Any]:
+        """A feature's UMAP placement and sparsity (on its Neuron row and its explanation rows)."""
+        u = _rng(*self._seed("umap", sae.spec.model_id, sae.spec.source_id, index)).random(5)
+        dead = sae.status[index] == 1
+        frac = 0.0 if dead else float(10 ** (-5 + 3.5 * u[0]))
+        if u[1] < 0.3:
+            return {"frac": frac, "umap_x": None, "umap_y": None, "umap_cluster": None, "umap_log_feature_sparsity": None}
+        return {
+            "frac": frac,
+            "umap_x": round(-10 + 30 * float(u[2]), 4),
+            "umap_y": round(-10 + 30 * float(u[3]), 4),
+            "umap_cluster": int(u[4] * 40),
+            "umap_log_feature_sparsity": round(float(np.log10(max(frac, 1e-9))), 4),
         }
 
     def _build_feature(self, model_id: str, source_id: str, index: int) -> dict[str, Any]:
@@ -765,7 +793,7 @@ class EmulatorState:
         else:
             acts = self._activations(spec, index, row)
             full = self.explanations(model_id, source_id, index)
-            full.sort(key=lambda e: -e["scoreV2"])
+            full.sort(key=lambda e: explanation_order_key(e["scoreV2"], e["scoreV1"], e["id"]))
             expl_get = [
                 {
                     "id": e["id"],
@@ -858,12 +886,14 @@ class EmulatorState:
             _LOGIT_X + 0.05 * z[70],                         # 82:132 logits hist values
         ]), 4).tolist()
         freq_vals: list[float | None] = floats[32:82]
-        if u[23] < 0.1:  # a NaN slipped into the histogram once
-            freq_vals[int(ints[136]) % n_hist] = None
+        if u[23] < 0.1:  # a NaN slipped into the histogram once (the API shows null, exports NaN)
+            freq_vals[int(ints[136]) % n_hist] = float("nan")
+        if u[27] < 0.03:  # and an overflow somewhere in the logit histogram
+            floats[82 + int(ints[138]) % n_hist] = float("inf") if u[28] < 0.5 else float("-inf")
         pos_tokens = np.where(u[12:22] < 0.1, _SPECIAL_ARR[ints[26:36] % len(_SPECIAL_ARR)],
                               _COMMON[ints[6:16] % len(_COMMON)]).tolist()
-        umap_null = bool(u[22] < 0.3)
-        frac = 0.0 if dead else float(10 ** (-5 + 3.5 * u[24]))
+        umap = self._umap(sae, index)
+        frac = umap["frac"]
         base.update({
             "maxActApprox": None if status == 2 else float(sae.max_act[index]),
             "hasVector": False,
@@ -892,10 +922,10 @@ class EmulatorState:
             "logits_hist_data_bar_heights": (ints[86:136] % 3000).tolist(),
             "logits_hist_data_bar_values": floats[82:132],
             "decoder_weights_dist": [],
-            "umap_cluster": None if umap_null else int(ints[137] % 40),
-            "umap_log_feature_sparsity": None if umap_null else round(float(np.log10(max(frac, 1e-9))), 4),
-            "umap_x": None if umap_null else round(-10 + 30 * float(u[25]), 4),
-            "umap_y": None if umap_null else round(-10 + 30 * float(u[26]), 4),
+            "umap_cluster": umap["umap_cluster"],
+            "umap_log_feature_sparsity": umap["umap_log_feature_sparsity"],
+            "umap_x": umap["umap_x"],
+            "umap_y": umap["umap_y"],
         })
         return base
 
@@ -1022,7 +1052,7 @@ class EmulatorState:
             for rel in ("lists", "creator", "source", "comments", "explanations"):
                 full.pop(rel)
             exps = self.explanations(model_id, source_id, i)
-            exps.sort(key=lambda e: -e["scoreV2"])
+            exps.sort(key=lambda e: explanation_order_key(e["scoreV2"], e["scoreV1"], e["id"]))
             for e in exps:
                 e.pop("scores")
                 e["author"] = {"name": CREATOR_NAME}
