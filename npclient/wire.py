@@ -25,10 +25,10 @@ __all__ = [
     "SEARCH_PAGE", "OFFSET_PAGE", "SEARCH_MIN_QUERY", "NEURONS_SET",
     "NOT_FOUND_MESSAGE", "SERVER_ERROR_MESSAGE", "UNKNOWN_ERROR", "INVALID_JSON_BODY",
     "MODEL_LIST_SOURCE_FIELDS", "EXPORT_FEATURE_FIELDS", "EXPORT_ACTIVATION_FIELDS", "EXPORT_EXPLANATION_FIELDS",
-    "WireError", "FeatureRequest", "SearchRequest", "parse_json",
+    "WireError", "FeatureRequest", "SearchRequest", "parse_json", "js_falsy", "yup_string",
     "parse_features_body", "parse_search_body", "error_envelope", "not_found_body",
     "search_page", "order_features_post", "activation_rank_key", "rank_activations",
-    "explanation_order_key", "is_neuron_layer", "set_name_of", "layer_number", "words", "limit_bucket",
+    "explanation_order_key", "canonical_index", "is_neuron_layer", "set_name_of", "layer_number", "words", "limit_bucket",
 ]
 
 # --------------------------------------------------------------------------- routes
@@ -140,6 +140,14 @@ def layer_number(source: str) -> Optional[int]:
     return int(head) if head.isdigit() else None
 
 
+def canonical_index(text: str) -> Optional[int]:
+    """The feature index a path or body string names exactly (`"12"`), or None: Neuronpedia's
+    `index` is a text column matched as is, so `"012"`, `"-1"` or `"1e3"` name no feature."""
+    if not text.isdigit() or len(text) > 18 or (len(text) > 1 and text[0] == "0") or not text.isascii():
+        return None
+    return int(text)
+
+
 # --------------------------------------------------------------------------- errors and envelopes
 
 
@@ -208,7 +216,7 @@ def _shown(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False)
 
 
-def _js_falsy(v: Any) -> bool:
+def js_falsy(v: Any) -> bool:
     """`!value` in JavaScript: [] and {} are truthy, 0, "" and NaN are not."""
     if v is None or v is False or v == "":
         return True
@@ -258,7 +266,7 @@ def _yup_number(value: Any, path: str) -> float:
     return value
 
 
-def _yup_string(value: Any, path: str) -> str:
+def yup_string(value: Any, path: str) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -307,7 +315,7 @@ class FeatureRequest:
     @property
     def int_index(self) -> Optional[int]:
         """The index as a non-negative integer, or None where no feature can have it."""
-        return int(self.index) if self.index.isdigit() and self.index == str(int(self.index)) else None
+        return canonical_index(self.index)
 
 
 def parse_features_body(body: Any) -> tuple[list[FeatureRequest], Optional[int]]:
@@ -318,7 +326,7 @@ def parse_features_body(body: Any) -> tuple[list[FeatureRequest], Optional[int]]
     order (`maxActsToReturn`, `index`, `layer`, `modelId`); the first failure is the message.
     An empty array passes validation and then fails inside the route's try (`Unknown Error`).
     """
-    if _js_falsy(body):
+    if js_falsy(body):
         raise WireError(INVALID_JSON_BODY, kind="invalid_json")
     if not isinstance(body, list):
         raise WireError(f"this must be a `array` type, but the final value was: `{_shown(body)}`.")
@@ -340,7 +348,7 @@ def parse_features_body(body: Any) -> tuple[list[FeatureRequest], Optional[int]]
             v = item.get(key)
             if v is None:
                 raise WireError(f"[{pos}].{key} is a required field")
-            fields[key] = _yup_string(v, f"[{pos}].{key}")
+            fields[key] = yup_string(v, f"[{pos}].{key}")
         items.append(FeatureRequest(fields["modelId"], fields["layer"], _js_to_string(index), acts))
     if not items:
         raise WireError(UNKNOWN_ERROR, kind="unknown")  # `featuresRequest[0].maxActsToReturn` throws
@@ -362,7 +370,7 @@ def parse_search_body(body: Any) -> SearchRequest:
     `query` needs at least 3 characters, counted raw (three spaces pass). An empty `layers`
     passes yup and then fails inside the route (`Unknown Error`), as does a negative offset.
     """
-    if _js_falsy(body):
+    if js_falsy(body):
         raise WireError(INVALID_JSON_BODY, kind="invalid_json")
     if not isinstance(body, dict):
         raise WireError(f"this must be a `object` type, but the final value was: `{_shown(body)}`.")
@@ -372,7 +380,7 @@ def parse_search_body(body: Any) -> SearchRequest:
     query = body.get("query")
     if query is None:
         raise WireError("query is a required field")
-    query = _yup_string(query, "query")
+    query = yup_string(query, "query")
     if len(query) < SEARCH_MIN_QUERY:
         raise WireError(f"query must be at least {SEARCH_MIN_QUERY} characters")
     layers = body.get("layers")
@@ -384,11 +392,11 @@ def parse_search_body(body: Any) -> SearchRequest:
     for pos, layer in enumerate(layers):
         if layer is None:
             raise WireError(f"layers[{pos}] is a required field")
-        cast_layers.append(_yup_string(layer, f"layers[{pos}]"))
+        cast_layers.append(yup_string(layer, f"layers[{pos}]"))
     model_id = body.get("modelId")
     if model_id is None:
         raise WireError("modelId is a required field")
-    model_id = _yup_string(model_id, "modelId")
+    model_id = yup_string(model_id, "modelId")
     if not cast_layers or (offset is not None and offset < 0):
         raise WireError(UNKNOWN_ERROR, kind="unknown")
     return SearchRequest(model_id, tuple(cast_layers), query, offset or 0)

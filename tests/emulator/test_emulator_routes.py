@@ -8,7 +8,8 @@ import httpx
 import orjson
 import pytest
 
-from npclient.testing import EmulatorConfig, EmulatorState, FaultConfig, RateLimitConfig, create_app
+from npclient import wire
+from npclient.testing import EmulatorConfig, EmulatorState, FaultConfig, RateLimitConfig, SourceSpec, create_app
 
 M, S = "gpt2-small", "0-res-jb"
 
@@ -26,53 +27,94 @@ async def st_client() -> AsyncIterator[tuple[EmulatorState, httpx.AsyncClient]]:
 
 
 async def test_get_feature(st_client: tuple[EmulatorState, httpx.AsyncClient]) -> None:
+    """app/api/feature/[modelId]/[layer]/[index]/route.ts, lib/db/userCanAccess.ts."""
     st, c = st_client
     r = await c.get(f"/api/feature/{M}/{S}/12")
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     assert r.content == st.feature_bytes(M, S, 12)
     assert r.json()["index"] == "12"
     hole = next(i for i in range(1024) if st.is_hole(M, S, i))
+    missing = {"error": wire.NOT_FOUND_MESSAGE}
+    both = {"error": wire.NOT_FOUND_MESSAGE, "message": wire.NOT_FOUND_MESSAGE}
     r = await c.get(f"/api/feature/{M}/{S}/{hole}")
-    assert r.status_code == 404 and set(r.json()) == {"error"}
-    for path in (f"/api/feature/{M}/{S}/1024", f"/api/feature/{M}/{S}/007"):
-        assert (await c.get(path)).status_code == 404
+    assert r.status_code == 404 and r.json() == missing
+    # `index` is a text column matched exactly: malformed indices are simply not found (404)
+    for bad in ("1024", "007", "abc", "-1", "1.5", "1e400", "9" * 5000):
+        r = await c.get(f"/api/feature/{M}/{S}/{bad}")
+        assert r.status_code == 404 and r.json() == missing, bad
+    # the access check looks at the model and the source *set*, not the source row
     r = await c.get(f"/api/feature/{M}/99-res-jb/1")
-    assert r.status_code == 404 and set(r.json()) == {"error", "message"}
-    r = await c.get(f"/api/feature/nope/{S}/1")
-    assert r.status_code == 404 and set(r.json()) == {"error", "message"}
-    for bad in ("abc", "-1", "1.5"):
-        assert (await c.get(f"/api/feature/{M}/{S}/{bad}")).status_code == 400
+    assert r.status_code == 404 and r.json() == missing
+    for path in (f"/api/feature/nope/{S}/1", f"/api/feature/{M}/0-nope/1", f"/api/feature/{M}/5/1"):
+        r = await c.get(path)
+        assert r.status_code == 404 and r.json() == both, path
     r = await c.get("/api/no-such-route")
     assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
 
 
+async def test_get_feature_payload_follows_neuron_ts(st_client: tuple[EmulatorState, httpx.AsyncClient]) -> None:
+    """lib/db/neuron.ts `getNeuronOptimized`: activations by maxValue desc, explanations by
+    scoreV2 desc (NULL first) then scoreV1 desc, correlated_features_* blanked."""
+    st, c = st_client
+    unscored_seen = 0
+    for i in range(200):
+        body = (await c.get(f"/api/feature/{M}/{S}/{i}")).json() if st.exists(M, S, i) else None
+        if body is None:
+            continue
+        values = [a["maxValue"] for a in body["activations"]]
+        assert values == sorted(values, reverse=True)
+        assert all({"zQIndices", "zKIndices", "zValues"} <= set(a) for a in body["activations"])
+        assert body["correlated_features_indices"] == []
+        expl = body["explanations"]
+        assert all(set(e) == {"id", "description", "explanationModelName", "typeName", "scores", "triggeredByUser"} for e in expl)
+        rows = {e["id"]: e for e in st.explanations(M, S, i)}
+        keys = [wire.explanation_order_key(rows[e["id"]]["scoreV2"], rows[e["id"]]["scoreV1"], e["id"]) for e in expl]
+        assert keys == sorted(keys)
+        unscored_seen += sum(rows[e["id"]]["scoreV2"] is None for e in expl)
+        if expl and rows[expl[0]["id"]]["scoreV2"] is None:
+            assert expl[0]["scores"] == []
+    assert unscored_seen > 0  # the NULL-first rule was exercised
+
+
 async def test_post_features(st_client: tuple[EmulatorState, httpx.AsyncClient]) -> None:
+    """app/api/features/route.ts, lib/db/neuron.ts `getNeurons`."""
     st, c = st_client
     hole = next(i for i in range(1024) if st.is_hole(M, S, i))
     body = [
         {"modelId": M, "layer": S, "index": 40, "maxActsToReturn": 2},
         {"modelId": M, "layer": S, "index": hole},
         {"modelId": M, "layer": S, "index": "7"},  # yup casts numeric strings
-        {"modelId": "nope", "layer": S, "index": 1},
+        {"modelId": "nope", "layer": S, "index": 1},  # no access check: simply not found
+        {"modelId": M, "layer": S, "index": "0x11", "maxActsToReturn": 9},  # looks up "17"; only the first item's maxActs counts
     ]
     r = await c.post("/api/features", json=body)
     assert r.status_code == 200
     out = r.json()
-    assert [x["index"] for x in out] == ["40", "7"]
-    assert all(len(x["activations"]) == 2 for x in out)  # maxActsToReturn of the first item applies to all
-    assert out[1]["activations"] == st.feature(M, S, 7)["activations"][:2]
+    assert [x["index"] for x in out] == ["40", "7", "17"]
+    assert all(len(x["activations"]) == 2 for x in out)
+    assert out[1]["activations"] == st.feature(M, S, 7)["activations"][:2]  # the top 2 by maxValue
     assert all(set(e) == {"description", "explanationModelName", "typeName"} for x in out for e in x["explanations"])
     assert "model" not in out[0] and "source" not in out[0]
-    assert out == st.features_post([(M, S, 40), (M, S, hole), (M, S, 7), ("nope", S, 1)], max_acts=2)
+    assert out == st.features_post([(M, S, 40), (M, S, hole), (M, S, 7), ("nope", S, 1), (M, S, 17)], max_acts=2)
+    # without maxActsToReturn the activations come in storage order, not ranked
+    got = (await c.post("/api/features", json=[{"modelId": M, "layer": S, "index": 40}])).json()[0]["activations"]
+    assert [a["id"] for a in got] == sorted(a["id"] for a in got)
+    assert [a["maxValue"] for a in got] != sorted((a["maxValue"] for a in got), reverse=True)
 
-    assert (await c.post("/api/features", json=[])).json() == []
+    r = await c.post("/api/features", json=[])
+    assert r.status_code == 500 and r.json() == {"message": "Unknown Error"}
     r = await c.post("/api/features", content=b"null")
     assert r.status_code == 400 and r.json() == {"message": "Invalid JSON body"}
-    for bad in ({"modelId": M}, [{"modelId": M, "layer": S}], [{"modelId": M, "layer": S, "index": 1.5}]):
+    for bad, message in (
+        ({"modelId": M}, 'this must be a `array` type, but the final value was: `{\n  "modelId": "gpt2-small"\n}`.'),
+        ([{"modelId": M, "layer": S}], "[0].index is a required field"),
+        ([{"modelId": M, "layer": S, "index": 1.5}], "[0].index must be an integer"),
+        ([{"modelId": M, "layer": S, "index": "1e400"}], "[0].index must be an integer"),
+    ):
         r = await c.post("/api/features", json=bad)
-        assert r.status_code == 400 and "message" in r.json()
-    r = await c.post("/api/features", content=b"{not json")
-    assert r.status_code == 500 and r.headers["content-type"].startswith("text/plain")
+        assert r.status_code == 400 and r.json() == {"message": message}
+    r = await c.post("/api/features", content=b"{not json")  # parsed before the route's try
+    assert r.status_code == 500 and r.json() == wire.error_envelope(wire.SERVER_ERROR_MESSAGE)
 
 
 async def test_features_offset(st_client: tuple[EmulatorState, httpx.AsyncClient]) -> None:
@@ -94,45 +136,90 @@ async def test_features_offset(st_client: tuple[EmulatorState, httpx.AsyncClient
 
 
 async def test_models_and_source_sets(st_client: tuple[EmulatorState, httpx.AsyncClient]) -> None:
+    """lib/db/model.ts `getGlobalModels`, lib/db/source.ts `getSourceSet`."""
     st, c = st_client
     r = await c.post("/api/model/list")
     assert r.status_code == 200 and r.json() == st.models_list()
     assert {m["id"] for m in r.json()} == {"gpt2-small", "gemma-2-2b"}
+    gpt2 = next(m for m in r.json() if m["id"] == M)
+    # sets and sources without dashboards are left out (the steering-vector set here)
+    assert [s["name"] for s in gpt2["sourceSets"]] == ["res-jb"]
+    for src in gpt2["sourceSets"][0]["sources"]:
+        assert tuple(src) == wire.MODEL_LIST_SOURCE_FIELDS  # no saelensConfig, saelensRelease, ...
     r = await c.get(f"/api/source-set/{M}/res-jb")
-    assert [s["id"] for s in r.json()["sources"]] == ["0-res-jb", "1-res-jb"]
+    sset = r.json()
+    assert [s["id"] for s in sset["sources"]] == ["0-res-jb", "1-res-jb"]
+    assert isinstance(sset["sources"][0]["saelensConfig"], dict)  # GET source-set has every column
+    assert isinstance(sset["releases"], dict) and sset["releases"]["name"] == sset["releaseName"]  # one object
+    assert sset["model"]["id"] == M and {"description", "urls"} <= set(sset)
+    vec = (await c.get(f"/api/source-set/{M}/res-vectors")).json()
+    assert vec["releases"] is None and vec["hasDashboards"] is False
     r = await c.get(f"/api/source-set/{M}/nope")
     assert r.status_code == 200 and r.content == b"null"
 
 
+async def test_saelens_config_may_be_null_or_a_string() -> None:
+    """prisma/schema.prisma `saelensConfig Json?`; app/api/admin/upload-eval/route.ts stores a string."""
+    cfg = EmulatorConfig(sources=(
+        SourceSpec(M, "0-res-jb", d_sae=64), SourceSpec(M, "1-res-jb", d_sae=64, saelens_config="null"),
+        SourceSpec(M, "2-res-jb", d_sae=64, saelens_config="string"),
+    ))
+    async with client_for(cfg) as c:
+        srcs = {s["id"]: s["saelensConfig"] for s in (await c.get(f"/api/source-set/{M}/res-jb")).json()["sources"]}
+    assert isinstance(srcs["0-res-jb"], dict) and srcs["1-res-jb"] is None
+    assert isinstance(srcs["2-res-jb"], str) and orjson.loads(srcs["2-res-jb"])["d_sae"] == 64
+
+
 async def test_search_route(st_client: tuple[EmulatorState, httpx.AsyncClient]) -> None:
+    """app/api/explanation/search/route.tsx."""
     st, c = st_client
     req = {"modelId": M, "layers": [S], "query": "references to text", "offset": 0}
     r = await c.post("/api/explanation/search", json=req)
     body = r.json()
     assert r.status_code == 200 and set(body) == {"request", "results", "resultsCount", "hasMore", "nextOffset"}
+    assert body["request"] == req
     assert len(body["results"]) == 20 and body["hasMore"] and body["nextOffset"] == 20
-    assert {"modelId", "layer", "index", "description", "cosine_similarity"} <= set(body["results"][0])
+    first = body["results"][0]
+    assert set(first) == {"modelId", "layer", "index", "description", "explanationModelName", "typeName",
+                          "cosine_similarity", "neuron"}  # no id, no authorId
+    assert first["neuron"]["index"] == first["index"] and len(first["neuron"]["activations"]) <= 3
     r2 = await c.post("/api/explanation/search", json={**req, "offset": 20})
-    assert {x["id"] for x in r2.json()["results"]}.isdisjoint({x["id"] for x in body["results"]})
-    bad_bodies = ({"modelId": M, "layers": [S]}, {"modelId": M, "query": "x"},
-                  {"modelId": "nope", "layers": [S], "query": "x"})
-    for bad in bad_bodies:
+    pairs = {(x["index"], x["description"]) for x in body["results"]}
+    assert {(x["index"], x["description"]) for x in r2.json()["results"]}.isdisjoint(pairs)
+    # a short last page: no nextOffset at all
+    tail = (await c.post("/api/explanation/search", json={**req, "query": "Monday"})).json()
+    assert 0 < len(tail["results"]) < 20 and tail["hasMore"] is False and "nextOffset" not in tail
+    for bad, message in (
+        ({"modelId": M, "layers": [S]}, "query is a required field"),
+        ({"modelId": M, "layers": [S], "query": "ab"}, "query must be at least 3 characters"),
+        ({"modelId": M, "query": "abc"}, "layers is a required field"),
+    ):
         r = await c.post("/api/explanation/search", json=bad)
-        assert r.status_code == 500 and set(r.json()) == {"message"}
+        assert r.status_code == 400 and r.json() == {"message": message}
+    for bad in ({"modelId": "nope", "layers": [S], "query": "abc"}, {"modelId": M, "layers": ["0-nope"], "query": "abc"},
+                {"modelId": M, "layers": [], "query": "abc"}, {"modelId": M, "layers": [S], "query": "abc", "offset": -1}):
+        r = await c.post("/api/explanation/search", json=bad)
+        assert r.status_code == 500 and r.json() == {"message": "Unknown Error"}
+    r = await c.post("/api/explanation/search", content=b"{oops")
+    assert r.status_code == 500 and r.json() == wire.error_envelope(wire.SERVER_ERROR_MESSAGE)
 
 
 async def test_vector_and_export(st_client: tuple[EmulatorState, httpx.AsyncClient]) -> None:
+    """app/api/vector/get/route.tsx, app/api/explanation/export/route.ts."""
     st, c = st_client
     vs = "6-res-vectors"
     idx = st.vector_indices(M, vs)[0]
     r = await c.post("/api/vector/get", json={"modelId": M, "source": vs, "index": str(idx)})
     assert r.status_code == 200 and r.json() == {"vector": st.vector(M, vs, idx)}
+    r = await c.post("/api/vector/get", json={"modelId": M, "source": vs, "index": idx})  # yup casts to "..."
+    assert r.status_code == 200
+    # no stored vector: the inference-server fallback throws -> the 500 envelope
     r = await c.post("/api/vector/get", json={"modelId": M, "source": S, "index": "3"})
-    assert r.json() == {"vector": None}
+    assert r.status_code == 500 and r.json() == wire.error_envelope(wire.SERVER_ERROR_MESSAGE)
     r = await c.post("/api/vector/get", json={"modelId": M, "source": vs})
-    assert r.status_code == 500
+    assert r.status_code == 400 and r.json() == wire.error_envelope("index is a required field")
     r = await c.get("/api/explanation/export", params={"modelId": M, "saeId": S})
-    assert r.status_code == 400 and "neuronpedia-datasets" in r.json()["error"]
+    assert r.status_code == 400 and set(r.json()) == {"newUrl", "message"} and "neuronpedia-datasets" in r.json()["newUrl"]
 
 
 async def test_rate_limit_429_and_remaining() -> None:
@@ -183,7 +270,7 @@ async def test_rate_limit_per_ip_and_window_label() -> None:
         assert (await c.get(f"/api/feature/{M}/{S}/1")).status_code == 200
         r = await c.get(f"/api/feature/{M}/{S}/1")
         assert r.status_code == 429 and r.json()["requestWindow"] == "10 s"
-        r = await c.get(f"/api/feature/{M}/{S}/1", headers={"x-forwarded-for": "10.0.0.2"})
+        r = await c.get(f"/api/feature/{M}/{S}/1", headers={"x-real-ip": "10.0.0.2"})
         assert r.status_code == 200
 
 

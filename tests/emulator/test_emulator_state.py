@@ -268,7 +268,7 @@ def test_search_finds_planted_descriptions_and_pages() -> None:
     while True:
         page = st.search(M, [S], "references to text", offset)
         assert len(page["results"]) <= 20
-        seen.extend((x["index"], x["id"]) for x in page["results"])
+        seen.extend((x["index"], x["description"]) for x in page["results"])
         if not page["hasMore"]:
             break
         assert page["nextOffset"] == offset + 20

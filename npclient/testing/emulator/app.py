@@ -51,9 +51,10 @@ class AppHooks:
 
 
 def _client_ip(scope: Scope) -> str:
+    """middleware.ts keys every bucket by `ipAddress(request)` (@vercel/functions: `x-real-ip`)."""
     for name, value in scope.get("headers", ()):
-        if name == b"x-forwarded-for":
-            return value.decode("latin-1").split(",")[0].strip()
+        if name == b"x-real-ip":
+            return value.decode("latin-1").strip()
     client = scope.get("client")
     return str(client[0]) if client else "127.0.0.1"
 

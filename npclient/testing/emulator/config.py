@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
+from ... import wire
+
 __all__ = [
     "SourceSpec",
     "RateLimitConfig",
@@ -25,11 +27,10 @@ FAULT_KINDS: tuple[str, ...] = ("json500", "html500", "html502", "reset", "trunc
 
 
 def set_name_of(source_id: str) -> str:
-    """Source set of a source id: after the first '-', before any '__' (`0-res-jb` -> `res-jb`)."""
-    head = source_id.split("__", 1)[0]
-    if "-" not in head:
-        raise ValueError(f"source id {source_id!r} has no '-' (expected e.g. '0-res-jb')")
-    return head.split("-", 1)[1]
+    """Source set of a source id (lib/utils/source.ts): `0-res-jb` -> `res-jb`, `5` -> `neurons`."""
+    if not source_id or ("-" not in source_id and not wire.is_neuron_layer(source_id)):
+        raise ValueError(f"source id {source_id!r} names no source set (expected e.g. '0-res-jb' or '5')")
+    return wire.set_name_of(source_id)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class SourceSpec:
     kind: Literal["sae", "vector"] = "sae"
     n_vectors: int = 0
     hook_name: str | None = None  # default: blocks.{layer}.hook_resid_pre
+    #: how the Source row carries its sae_lens config: an object, null, or a JSON string
+    saelens_config: Literal["object", "null", "string"] = "object"
 
     def __post_init__(self) -> None:
         set_name_of(self.source_id)  # validate
@@ -54,6 +57,8 @@ class SourceSpec:
             raise ValueError("an SAE source needs d_sae > 0")
         if self.kind == "vector" and self.n_vectors <= 0:
             raise ValueError("a vector source needs n_vectors > 0")
+        if self.saelens_config not in ("object", "null", "string"):
+            raise ValueError(f"saelens_config must be object, null or string, got {self.saelens_config!r}")
 
     @property
     def set_name(self) -> str:
@@ -61,8 +66,7 @@ class SourceSpec:
 
     @property
     def layer_num(self) -> int:
-        head = self.source_id.split("-", 1)[0]
-        return int(head) if head.isdigit() else 0
+        return wire.layer_number(self.source_id) or 0
 
     @property
     def hook(self) -> str:
@@ -77,14 +81,9 @@ DEFAULT_SOURCES: tuple[SourceSpec, ...] = (
                hook_name="blocks.6.hook_resid_pre"),
 )
 
-# Real per-endpoint buckets from apps/webapp/middleware.ts (the ones a reader can hit).
-DEFAULT_ENDPOINT_LIMITS: dict[str, int] = {
-    "/api/activation/new": 1000,
-    "/api/explanation/search": 200,
-    "/api/steer": 240,
-    "/api/search-topk-by-token": 500,
-    "/api/search-all": 1600,
-}
+# The per-endpoint buckets of apps/webapp/middleware.ts (NORMAL_RATE_LIMITS, after '/' and '/api').
+DEFAULT_ENDPOINT_LIMITS: dict[str, int] = {ep: lim for ep, lim, _ in wire.NORMAL_RATE_LIMITS[2:]}
+DEFAULT_EXACT_ENDPOINTS: frozenset[str] = frozenset(ep for ep, _, exact in wire.NORMAL_RATE_LIMITS if exact)
 
 
 @dataclass(frozen=True)
@@ -101,10 +100,10 @@ class RateLimitConfig:
     api_limit: int = 25000
     window_s: float = 3600.0
     endpoint_limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_ENDPOINT_LIMITS))
-    exact_endpoints: frozenset[str] = frozenset()
+    exact_endpoints: frozenset[str] = DEFAULT_EXACT_ENDPOINTS
     root_limit: int | None = None
     algorithm: Literal["upstash", "log"] = "upstash"
-    unlimited_prefixes: tuple[str, ...] = ("/api/steer-load",)
+    unlimited_prefixes: tuple[str, ...] = wire.NO_LIMIT_PREFIXES
 
     def __post_init__(self) -> None:
         if self.window_s <= 0:

@@ -126,6 +126,6 @@ class RateLimiter:
             "error": (
                 f"Rate limit exceeded for this endpoint. The limit for this endpoint "
                 f"({decision.endpoint}) is {decision.limit} requests per {window}. "
-                "Contact support@neuronpedia.org to increase your rate limit."
+                "Contact johnny@neuronpedia.org to increase your rate limit."  # lib/env.ts CONTACT_EMAIL_ADDRESS default
             ),
         }

@@ -1,14 +1,26 @@
 """Starlette handlers for Neuronpedia's read routes, rendered from `EmulatorState`.
 
-Status codes and error bodies follow the real webapp: route-level validation answers
-400 `{"message"}`, unknown model/source 404 `{"error", "message"}`, search failures 500
-`{"message"}`, and errors the real code does not catch (a body that is not JSON, a yup
-failure in /api/vector/get) a framework 500 with a plain-text body.
+The contract (paths, yup validation, envelopes, orderings) is `npclient.wire`; this module
+only maps its outcomes to the statuses Neuronpedia answers (paths relative to
+`apps/webapp/` of `hijohnnylin/neuronpedia`):
+
+| case | status and body | follows |
+|---|---|---|
+| body that is not JSON (parsed before a route's try) | 500 envelope, "Something went wrong..." | lib/with-user.ts, lib/api-error.ts |
+| features/search: falsy body | 400 `{"message": "Invalid JSON body"}` | app/api/features/route.ts |
+| features/search: yup failure | 400 `{"message": yup's text}` | same, app/api/explanation/search/route.tsx |
+| features: `[]`; search: unknown model/set, empty layers, negative offset | 500 `{"message": "Unknown Error"}` | same (the route's own catch) |
+| GET feature: unknown model or source set | 404 envelope (both keys) | lib/db/userCanAccess.ts |
+| GET feature: no such index (malformed ones included) | 404 `{"error"}` | app/api/feature/[modelId]/[layer]/[index]/route.ts |
+| features-offset: unknown model/set | 404 envelope | lib/db/neuron.ts `getNeuronsOffset` |
+| vector/get: yup failure | 400 envelope | app/api/vector/get/route.tsx |
+| vector/get: no stored vector (the inference fallback fails) | 500 envelope | same, lib/utils/inference.ts |
+| explanation/export | 400 `{"newUrl", "message"}` | app/api/explanation/export/route.ts |
+| source-set: unknown set | 200 `null` | app/api/source-set/[modelId]/[name]/route.tsx |
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
@@ -16,20 +28,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ... import wire
 from .config import FaultConfig, RateLimitConfig
 from .state import EmulatorState
 
-__all__ = [
-    "api_routes", "control_routes", "json_response", "raw_json_response", "source_missing", "not_found_html",
-    "parse_features_body", "parse_search_body",
-]
+__all__ = ["api_routes", "control_routes", "json_response", "raw_json_response", "not_found_html"]
 
-_INT_RE = re.compile(r"[0-9]+")
-EXPORTS_URL = "https://neuronpedia-datasets.s3.amazonaws.com/index.html?prefix=v1/"
-
-
-class _Uncaught(Exception):
-    """An error the real route does not catch: Next.js answers a bare 500."""
+EXPORTS_URL = "https://neuronpedia-datasets.s3.us-east-1.amazonaws.com/index.html?prefix=v1/"
 
 
 def json_response(data: Any, status: int = 200) -> Response:
@@ -40,8 +45,12 @@ def raw_json_response(body: bytes, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type="application/json")
 
 
-def _framework_500() -> Response:
-    return Response(b"Internal Server Error", status_code=500, media_type="text/plain; charset=utf-8")
+def _envelope(message: str, status: int) -> Response:
+    return json_response(wire.error_envelope(message), status)
+
+
+def _server_error() -> Response:
+    return _envelope(wire.SERVER_ERROR_MESSAGE, 500)
 
 
 async def not_found_html(request: Request, exc: Exception) -> Response:
@@ -56,24 +65,18 @@ def _state(request: Request) -> EmulatorState:
     return request.app.state.emulator  # type: ignore[no-any-return]
 
 
-async def _json_body(request: Request) -> Any:
-    """`await request.json()` as Next.js does it: a bad body throws out of the route."""
-    raw = await request.body()
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise _Uncaught(str(exc)) from exc
+async def _body(request: Request) -> Any:
+    """`await request.json()`: raises WireError(not_json) as Next.js would throw."""
+    return wire.parse_json(await request.body())
 
 
-def _js_falsy(v: Any) -> bool:
-    """`!value` in JavaScript: [] and {} are truthy, 0 and "" are not."""
-    return v is None or v is False or v == "" or (isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0)
-
-
-def source_missing(model_id: str, source_id: str) -> Response:
-    return json_response(
-        {"error": "Not Found", "message": f"Model or source not found: {model_id}/{source_id}"}, 404
-    )
+def _route_error(exc: wire.WireError) -> Response:
+    """How the features and search routes answer what their own try catches."""
+    if exc.kind == "not_json":
+        return _server_error()
+    if exc.kind == "unknown":
+        return json_response({"message": wire.UNKNOWN_ERROR}, 500)
+    return json_response({"message": exc.message}, 400)
 
 
 # --------------------------------------------------------------------------- /api
@@ -84,120 +87,50 @@ async def get_feature(request: Request) -> Response:
     model_id = request.path_params["model_id"]
     source_id = request.path_params["source_id"]
     raw_index = request.path_params["index"]
-    if st.source(model_id, source_id) is None:
-        return source_missing(model_id, source_id)
-    if not _INT_RE.fullmatch(raw_index):
-        return json_response(
-            {"error": "Invalid index", "message": f"index must be a non-negative integer, got {raw_index!r}"}, 400
-        )
-    index = int(raw_index)
-    # the DB key is the canonical string: "007" matches nothing
-    body = st.feature_bytes(model_id, source_id, index) if raw_index == str(index) else None
+    if not st.can_access(model_id, source_id):
+        return json_response(wire.not_found_body(access_denied=True), 404)
+    # `index` is a text column matched exactly: "abc", "-1", "007", "1e400" simply miss.
+    index = wire.canonical_index(raw_index)
+    body = st.feature_bytes(model_id, source_id, index) if index is not None else None
     if body is None:
-        return json_response({"error": "Feature Not Found"}, 404)
+        return json_response(wire.not_found_body(access_denied=False), 404)
     return raw_json_response(body)
-
-
-def _yup_string(item: dict[str, Any], key: str, pos: int) -> str:
-    v = item.get(key)
-    if v is None:
-        raise ValueError(f"[{pos}].{key} is a required field")
-    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
-        shown = orjson.dumps(v).decode()
-        raise ValueError(f"[{pos}].{key} must be a `string` type, but the final value was: `{shown}`.")
-    return v if isinstance(v, str) else str(v)
-
-
-def _yup_int(item: dict[str, Any], key: str, pos: int, required: bool) -> int | None:
-    v = item.get(key)
-    if v is None:
-        if required:
-            raise ValueError(f"[{pos}].{key} is a required field")
-        return None
-    if isinstance(v, str):  # yup casts numeric strings
-        try:
-            v = float(v.strip()) if v.strip() else None
-        except ValueError:
-            v = None
-    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
-        raise ValueError(f"[{pos}].{key} must be a `number` type, but the final value was: `NaN`.")
-    if float(v) != int(v):
-        raise ValueError(f"[{pos}].{key} must be an integer")
-    return int(v)
-
-
-def parse_features_body(body: Any) -> tuple[list[tuple[str, str, int]], int | None]:
-    """Validate a `POST /api/features` body as the real route does (yup messages included).
-
-    Returns the (modelId, layer, index) items and `maxActsToReturn`, which the real route reads
-    from the first item only. Raises ValueError with the message the route answers 400 with.
-    """
-    if _js_falsy(body):
-        raise ValueError("Invalid JSON body")
-    if not isinstance(body, list):
-        raise ValueError(f"this must be a `array` type, but the final value was: `{orjson.dumps(body).decode()}`.")
-    items: list[tuple[str, str, int]] = []
-    max_acts: int | None = None
-    for pos, item in enumerate(body):
-        if not isinstance(item, dict):
-            raise ValueError(f"[{pos}] must be a `object` type")
-        model_id = _yup_string(item, "modelId", pos)
-        layer = _yup_string(item, "layer", pos)
-        index = _yup_int(item, "index", pos, required=True)
-        acts = _yup_int(item, "maxActsToReturn", pos, required=False)
-        if pos == 0:
-            max_acts = acts
-        assert index is not None
-        items.append((model_id, layer, index))
-    return items, max_acts
-
-
-def parse_search_body(body: Any, *, max_layers: int | None = None) -> tuple[str, list[str], str, int]:
-    """Validate a `POST /api/explanation/search` body as the real route does.
-
-    Returns (modelId, layers, query, offset). Raises ValueError with the message the route
-    answers 500 with; `max_layers` adds a bound the real route does not have.
-    """
-    if not isinstance(body, dict):
-        raise ValueError("Invalid request body")
-    model_id, layers, query = body.get("modelId"), body.get("layers"), body.get("query")
-    offset = body.get("offset") or 0
-    if not isinstance(model_id, str) or not model_id:
-        raise ValueError("modelId is a required field")
-    if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers) or not layers:
-        raise ValueError("layers is a required field")
-    if max_layers is not None and len(layers) > max_layers:
-        raise ValueError(f"at most {max_layers} layers")
-    if not isinstance(query, str) or not query.strip():
-        raise ValueError("query is a required field")
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise ValueError("offset must be a non-negative integer")
-    return model_id, layers, query, offset
 
 
 async def post_features(request: Request) -> Response:
     st = _state(request)
     try:
-        items, max_acts = parse_features_body(await _json_body(request))
-    except ValueError as exc:
-        return json_response({"message": str(exc)}, 400)
-    if not items:
-        return json_response([])
-    return json_response(st.features_post(items, max_acts))
+        items, max_acts = wire.parse_features_body(await _body(request))
+    except wire.WireError as exc:
+        return _route_error(exc)
+
+    def lookup(model_id: str, layer: str, index: str) -> dict[str, Any] | None:
+        # getNeurons checks no access: an unknown model or source simply finds nothing.
+        i = wire.canonical_index(index)
+        if i is None or st.source(model_id, layer) is None:
+            return None
+        return st.features_post_item(model_id, layer, i, max_acts)
+
+    return json_response(wire.order_features_post(items, lookup))
 
 
 async def post_features_offset(request: Request) -> Response:
     st = _state(request)
-    body = await _json_body(request)
+    try:
+        body = await _body(request)
+    except wire.WireError:
+        return _server_error()
     if not isinstance(body, dict):
-        raise _Uncaught("cannot destructure body")
+        return _server_error()  # destructuring null throws a TypeError
     model_id, layer, offset = body.get("modelId"), body.get("layer"), body.get("offset")
-    if not isinstance(model_id, str) or not isinstance(layer, str) or st.source(model_id, layer) is None:
-        return source_missing(str(model_id), str(layer))
-    if offset is None or offset == 0:
+    if not isinstance(model_id, str) or not isinstance(layer, str):
+        return _server_error()  # Prisma refuses the missing field
+    if not st.can_access(model_id, layer):
+        return _envelope(wire.NOT_FOUND_MESSAGE, 404)
+    if offset is None or offset is False or offset == 0:
         offset = 0
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise _Uncaught("bad offset")
+        return _server_error()  # Postgres refuses the OFFSET
     return json_response(st.features_offset(model_id, layer, offset))
 
 
@@ -213,67 +146,66 @@ async def get_source_set(request: Request) -> Response:
 async def post_explanation_search(request: Request) -> Response:
     st = _state(request)
     try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        return json_response({"message": "Invalid JSON body"}, 500)
-    try:
-        model_id, layers, query, offset = parse_search_body(body)
-    except ValueError as exc:
-        return json_response({"message": str(exc)}, 500)
-    if model_id not in st.model_ids():
-        return json_response({"message": f"Model {model_id} not found"}, 500)
-    return json_response(st.search(model_id, layers, query, offset))
+        raw = await _body(request)
+        req = wire.parse_search_body(raw)
+    except wire.WireError as exc:
+        return _route_error(exc)
+    sets = {wire.set_name_of(layer) for layer in req.layers}
+    if req.model_id not in st.model_ids() or not sets <= set(st.set_names(req.model_id)):
+        # lib/db/explanation.ts asserts access; the route's catch turns the 404 into this.
+        return json_response({"message": wire.UNKNOWN_ERROR}, 500)
+    return json_response(st.search(req.model_id, req.layers, req.query, req.offset, request=raw))
 
 
 async def post_vector_get(request: Request) -> Response:
     st = _state(request)
-    body = await _json_body(request)
-    if not isinstance(body, dict):
-        raise _Uncaught("validation")
-    fields = []
-    for key in ("modelId", "source", "index"):
+    try:
+        body = await _body(request)
+    except wire.WireError:
+        return _server_error()
+    if wire.js_falsy(body) or not isinstance(body, dict):
+        return _envelope("this must be a `object` type, but the final value was: `" + orjson.dumps(body).decode() + "`.", 400)
+    fields: dict[str, str] = {}
+    for key in ("index", "source", "modelId"):  # yup reports the last-declared field first
         v = body.get(key)
-        if v is None or isinstance(v, bool) or not isinstance(v, (str, int, float)) or v == "":
-            raise _Uncaught(f"{key} is a required field")  # yup throws outside any try
-        fields.append(str(v))
-    model_id, source, raw_index = fields
-    index = int(raw_index) if _INT_RE.fullmatch(raw_index) and raw_index == str(int(raw_index)) else None
-    vector = st.vector(model_id, source, index) if index is not None else None
+        if v is None:
+            return _envelope(f"{key} is a required field", 400)
+        try:
+            fields[key] = wire.yup_string(v, key)
+        except wire.WireError as exc:
+            return _envelope(exc.message, 400)
+    index = wire.canonical_index(fields["index"])
+    vector = st.vector(fields["modelId"], fields["source"], index) if index is not None else None
+    if vector is None:
+        return _server_error()  # no stored vector: the inference-server fallback throws
     return json_response({"vector": vector})
 
 
 async def get_explanation_export(request: Request) -> Response:
     return json_response(
         {
-            "error": "This endpoint has been removed. Download explanations from the bulk exports instead: "
-            + EXPORTS_URL
+            "newUrl": EXPORTS_URL,
+            "message": "This endpoint has been removed. Explanations exports can be downloaded more quickly and "
+            f"efficiently at {EXPORTS_URL}  Please contact support@neuronpedia.org if you have any questions.",
         },
         400,
     )
 
 
-def _guard(handler: Any) -> Any:
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)  # type: ignore[no-any-return]
-        except _Uncaught:
-            return _framework_500()
-
-    wrapped.__name__ = handler.__name__
-    return wrapped
+_HANDLERS = {
+    wire.FEATURE_PATH: get_feature,
+    wire.FEATURES_PATH: post_features,
+    wire.FEATURES_OFFSET_PATH: post_features_offset,
+    wire.MODEL_LIST_PATH: post_model_list,
+    wire.SOURCE_SET_PATH: get_source_set,
+    wire.SEARCH_PATH: post_explanation_search,
+    wire.VECTOR_GET_PATH: post_vector_get,
+    wire.EXPLANATION_EXPORT_PATH: get_explanation_export,
+}
 
 
 def api_routes() -> list[Route]:
-    return [
-        Route("/api/feature/{model_id}/{source_id}/{index}", _guard(get_feature), methods=["GET"]),
-        Route("/api/features", _guard(post_features), methods=["POST"]),
-        Route("/api/features-offset", _guard(post_features_offset), methods=["POST"]),
-        Route("/api/model/list", _guard(post_model_list), methods=["POST"]),
-        Route("/api/source-set/{model_id}/{set_name}", _guard(get_source_set), methods=["GET"]),
-        Route("/api/explanation/search", _guard(post_explanation_search), methods=["POST"]),
-        Route("/api/vector/get", _guard(post_vector_get), methods=["POST"]),
-        Route("/api/explanation/export", _guard(get_explanation_export), methods=["GET"]),
-    ]
+    return [Route(path, _HANDLERS[path], methods=[method]) for path, method in wire.READ_ROUTES]
 
 
 # --------------------------------------------------------------------------- /_emulator

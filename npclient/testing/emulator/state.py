@@ -26,11 +26,12 @@ from ..synthetic import SyntheticDecoder, make_synthetic
 from .config import EmulatorConfig, FaultConfig, RateLimitConfig, SourceSpec
 from .faults import FaultInjector, stable_unit
 from .ratelimit import RateLimiter
+from ... import wire
 from ...wire import explanation_order_key
 
 __all__ = ["EmulatorState", "RequestRecord", "RequestLog", "cosine_topk", "SEARCH_PAGE", "OFFSET_PAGE", "search_page", "words", "collect_features_post"]
 
-SEARCH_PAGE = 20
+SEARCH_PAGE = wire.SEARCH_PAGE
 OFFSET_PAGE = 25
 CREATOR_ID = "clsxqq2xd0000vvp2k5itlhqj"  # the account public activations are filed under
 CREATOR_NAME = "bot"
@@ -95,7 +96,6 @@ _COMMON = np.array(
 _SPECIAL_ARR = np.array(_SPECIAL, dtype=object)
 _SPECIAL_RATE = 0.012
 _EPOCH = datetime(2024, 3, 1, tzinfo=timezone.utc)
-_WORD_RE = re.compile(r"[a-z0-9]+")
 _N_HIST = 50
 _TOPK_BLOCK = 512
 _FREQ_X = np.linspace(-6.0, -1.0, _N_HIST)
@@ -138,22 +138,13 @@ def _floats(a: np.ndarray, decimals: int = 4) -> list[float]:
     return out
 
 
-def words(text: str) -> set[str]:
-    """Lower-case alphanumeric words: what the toy search matches on."""
-    return set(_WORD_RE.findall(text.lower()))
+words = wire.words
 
 
-def search_page(
-    model_id: str, layers: list[str], query: str, offset: int, total: int, results: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """The envelope of one `POST /api/explanation/search` page of `total` hits."""
-    return {
-        "request": {"modelId": model_id, "layers": layers, "query": query, "offset": offset},
-        "results": results,
-        "resultsCount": len(results),
-        "hasMore": offset + len(results) < total,
-        "nextOffset": offset + len(results),
-    }
+def search_page(model_id: str, layers: list[str], query: str, offset: int, total: int,
+                results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Transitional: `np-mirror serve` still imports this while it moves to `wire.search_page`."""
+    return wire.search_page({"modelId": model_id, "layers": layers, "query": query, "offset": offset}, results, offset)
 
 
 # --------------------------------------------------------------------------- request log
@@ -366,7 +357,11 @@ class EmulatorState:
     def model_ids(self) -> list[str]:
         return list(dict.fromkeys(s.model_id for s in self.config.sources))
 
-    def _model_row(self, model_id: str) -> dict[str, Any]:
+    # Catalog rows carry the columns of prisma/schema.prisma's Model, Source, SourceSet and
+    # SourceRelease (apps/webapp/prisma/schema.prisma), in that order.
+
+    def model_row(self, model_id: str) -> dict[str, Any]:
+        """The Model row (every scalar column), as GET /api/feature's `model` relation has it."""
         info = _KNOWN_MODELS.get(model_id) or _ModelInfo(model_id, model_id, 12, 3072, model_id)
         specs = [s for s in self.config.sources if s.model_id == model_id]
         first_sae = next((s for s in specs if s.kind == "sae"), specs[0])
@@ -376,20 +371,24 @@ class EmulatorState:
             "displayName": info.display,
             "creatorId": CREATOR_ID,
             "tlensId": model_id,
+            "openRouterId": None,
             "dimension": specs[0].d_in,
             "thinking": False,
+            "visibility": "PUBLIC",
             "defaultSourceSetName": first_sae.set_name,
             "defaultSourceId": first_sae.source_id,
+            "defaultGraphSourceSetName": None,
             "inferenceEnabled": False,
             "instruct": False,
             "layers": info.layers,
             "neuronsPerLayer": info.neurons_per_layer,
+            "createdAt": _iso("model", model_id),
             "owner": info.hf.split("/")[0],
             "updatedAt": _iso("model-u", model_id),
-            "createdAt": _iso("model", model_id),
-            "visibility": "PUBLIC",
             "website": f"https://huggingface.co/{info.hf}",
         }
+
+    _model_row = model_row
 
     def _release(self, spec: SourceSpec) -> tuple[str, str, str]:
         """(saelens release, sae id, HF repo) in the style of the real registry."""
@@ -399,14 +398,16 @@ class EmulatorState:
                     "google/gemma-scope-2b-pt-res")
         return f"{spec.model_id}-{spec.set_name}", spec.hook, f"synthetic/{spec.model_id}-{spec.set_name}"
 
-    def _source_row(self, spec: SourceSpec) -> dict[str, Any]:
-        release, sae_id, hf_repo = self._release(spec)
+    def saelens_config(self, spec: SourceSpec) -> dict[str, Any] | None:
+        """The sae_lens config a source carries when its spec says it has one as an object."""
+        if spec.kind != "sae":
+            return None
+        release, sae_id, _ = self._release(spec)
         np_id = f"{spec.model_id}/{spec.source_id}"
-        d_sae = spec.d_sae if spec.kind == "sae" else 0
-        cfg = {
+        return {
             "architecture": "standard",
             "d_in": spec.d_in,
-            "d_sae": d_sae,
+            "d_sae": spec.d_sae,
             "dtype": "float32",
             "model_name": spec.model_id,
             "hook_name": spec.hook,
@@ -422,34 +423,49 @@ class EmulatorState:
             "neuronpedia_id": np_id,
             "metadata": {"neuronpedia_id": np_id, "sae_lens_release": release, "sae_lens_id": sae_id},
         }
+
+    def source_row(self, spec: SourceSpec) -> dict[str, Any]:
+        """The Source row. `saelensConfig` is nullable (`Json?`) and the upload-eval route stores
+        the uploaded config as a JSON *string* (app/api/admin/upload-eval/route.ts): the spec's
+        `saelens_config` picks object, null or string."""
+        release, sae_id, hf_repo = self._release(spec)
+        np_id = f"{spec.model_id}/{spec.source_id}"
+        cfg: Any = self.saelens_config(spec)
+        if spec.saelens_config == "null":
+            cfg = None
+        elif spec.saelens_config == "string" and cfg is not None:
+            cfg = orjson.dumps(cfg).decode()
+        sae = spec.kind == "sae"
         return {
             "id": spec.source_id,
             "modelId": spec.model_id,
-            "hasDashboards": spec.kind == "sae",
+            "hasDashboards": sae,
             "inferenceEnabled": False,
-            "saelensConfig": cfg if spec.kind == "sae" else None,
-            "saelensRelease": release if spec.kind == "sae" else None,
-            "saelensSaeId": sae_id if spec.kind == "sae" else None,
-            "hfRepoId": hf_repo if spec.kind == "sae" else None,
-            "hfFolderId": sae_id if spec.kind == "sae" else None,
+            "saelensConfig": cfg,
+            "saelensRelease": release if sae else None,
+            "saelensSaeId": sae_id if sae else None,
+            "hfRepoId": hf_repo if sae else None,
+            "hfFolderId": sae_id if sae else None,
             "visibility": "PUBLIC",
             "defaultOfModelId": None,
-            "defaultOfSourceSetName": None,
             "setName": spec.set_name,
             "creatorId": CREATOR_ID,
-            "hasUmap": spec.kind == "sae",
-            "hasUmapLogSparsity": spec.kind == "sae",
+            "hasUmap": sae,
+            "hasUmapLogSparsity": sae,
             "hasUmapClusters": False,
-            "num_prompts": 24576 if spec.kind == "sae" else None,
-            "num_tokens_in_prompt": 128 if spec.kind == "sae" else None,
-            "dataset": "Skylion007/openwebtext" if spec.kind == "sae" else None,
+            "num_prompts": 24576 if sae else None,
+            "num_tokens_in_prompt": 128 if sae else None,
+            "dataset": "Skylion007/openwebtext" if sae else None,
             "notes": None,
-            "cosSimMatchModel": None,
-            "cosSimMatchSource": None,
+            "cosSimMatchModelId": None,
+            "cosSimMatchSourceId": None,
             "createdAt": _iso("source", np_id),
         }
 
-    def _set_row(self, model_id: str, set_name: str) -> dict[str, Any]:
+    _source_row = source_row
+
+    def set_row(self, model_id: str, set_name: str) -> dict[str, Any]:
+        """The SourceSet row (every scalar column)."""
         specs = [s for s in self.config.sources if s.model_id == model_id and s.set_name == set_name]
         release = self._release(specs[0])[0]
         is_vec = specs[0].kind == "vector"
@@ -457,6 +473,7 @@ class EmulatorState:
             "modelId": model_id,
             "name": set_name,
             "hasDashboards": not is_vec,
+            "allowInferenceSearch": True,
             "visibility": "PUBLIC",
             "description": "Steering vectors" if is_vec else f"Residual stream SAEs ({set_name})",
             "type": "STEER" if is_vec else "SAE",
@@ -465,7 +482,11 @@ class EmulatorState:
             "creatorEmail": None,
             "creatorId": CREATOR_ID,
             "releaseName": None if is_vec else release,
+            "hasGraphs": False,
+            "graphEnabled": False,
+            "similarityMatrixEnabled": False,
             "defaultOfModelId": None,
+            "defaultGraphModelId": None,
             "defaultRange": 1,
             "defaultShowBreaks": True,
             "showDfa": False,
@@ -475,23 +496,76 @@ class EmulatorState:
             "createdAt": _iso("set", model_id, set_name),
         }
 
+    _set_row = set_row
+
+    def release_row(self, model_id: str, set_name: str) -> dict[str, Any] | None:
+        """The SourceRelease a set belongs to (a set has at most one), or None."""
+        sset = self.set_row(model_id, set_name)
+        name = sset["releaseName"]
+        if name is None:
+            return None
+        model = self.model_row(model_id)
+        return {
+            "name": name,
+            "visibility": "PUBLIC",
+            "isNewUi": False,
+            "featured": False,
+            "description": f"Synthetic sparse autoencoders for {model['displayName']} ({set_name})",
+            "descriptionShort": f"{model['displayNameShort']} {set_name}",
+            "urls": [],
+            "creatorEmail": None,
+            "creatorName": sset["creatorName"],
+            "creatorNameShort": sset["creatorName"],
+            "creatorId": CREATOR_ID,
+            "defaultSourceSetName": set_name,
+            "defaultSourceId": next(s.source_id for s in self.config.sources
+                                    if s.model_id == model_id and s.set_name == set_name),
+            "defaultUmapSourceIds": [],
+            "createdAt": sset["createdAt"],
+        }
+
+    def set_names(self, model_id: str) -> list[str]:
+        return list(dict.fromkeys(s.set_name for s in self.config.sources if s.model_id == model_id))
+
+    def can_access(self, model_id: str, source_id: str) -> bool:
+        """lib/db/userCanAccess.ts `assertUserCanAccessModelAndSource`: the model and the source
+        *set* derived from the layer must exist; the source row itself is not checked."""
+        return model_id in self.model_ids() and wire.set_name_of(source_id) in self.set_names(model_id)
+
     def models_list(self) -> list[dict[str, Any]]:
-        """Body of POST /api/model/list: models with sourceSets[].sources[]."""
+        """Body of POST /api/model/list (lib/db/model.ts `getGlobalModels`): every model row with
+        its sets and sources that have dashboards; sources carry only the few columns that
+        query selects (no saelensConfig, saelensRelease, saelensSaeId, hfRepoId ...)."""
         out = []
         for model_id in self.model_ids():
-            row = self._model_row(model_id)
-            sets = dict.fromkeys(s.set_name for s in self.config.sources if s.model_id == model_id)
-            row["sourceSets"] = [self.source_set(model_id, name) for name in sets]
+            row = self.model_row(model_id)
+            sets = []
+            for name in self.set_names(model_id):
+                sset = self.set_row(model_id, name)
+                if not sset["hasDashboards"]:
+                    continue
+                sset["sources"] = [
+                    {k: src[k] for k in wire.MODEL_LIST_SOURCE_FIELDS}
+                    for src in (self.source_row(s) for s in self.config.sources
+                                if s.model_id == model_id and s.set_name == name)
+                    if src["hasDashboards"]
+                ]
+                sets.append(sset)
+            row["sourceSets"] = sets
             out.append(row)
         return out
 
     def source_set(self, model_id: str, set_name: str) -> dict[str, Any] | None:
-        """Body of GET /api/source-set/{model}/{set}: the set with its sources, or None."""
+        """Body of GET /api/source-set/{model}/{set} (lib/db/source.ts `getSourceSet`): the set
+        row with every column of its sources, its release (one object or null) and its model;
+        None (served as `null` with 200) for an unknown set."""
         specs = [s for s in self.config.sources if s.model_id == model_id and s.set_name == set_name]
         if not specs:
             return None
-        row = self._set_row(model_id, set_name)
-        row["sources"] = [self._source_row(s) for s in specs]
+        row = self.set_row(model_id, set_name)
+        row["sources"] = [self.source_row(s) for s in specs]
+        row["releases"] = self.release_row(model_id, set_name)
+        row["model"] = self.model_row(model_id)
         return row
 
     # ---------------------------------------------------------------- per-source build
@@ -995,6 +1069,9 @@ class EmulatorState:
                 "binMax": None,
                 "binContains": None,
                 "qualifyingTokenIndex": None,
+                "zQIndices": [],  # prisma/schema.prisma Activation: attention z-pattern arrays
+                "zKIndices": [],
+                "zValues": [],
             })
         acts.sort(key=lambda r: r["id"])  # storage order
         ranked = sorted(acts, key=lambda r: -r["maxValue"])
@@ -1037,8 +1114,16 @@ class EmulatorState:
         return full
 
     def features_post(self, items: Sequence[tuple[str, str, int]], max_acts: int | None = None) -> list[dict[str, Any]]:
-        """POST /api/features (see `collect_features_post`)."""
-        return collect_features_post(items, lambda m, s, i: self.features_post_item(m, s, i, max_acts))
+        """POST /api/features for these (model, layer, index) items (see `wire.order_features_post`)."""
+        requests = [wire.FeatureRequest(m, s, str(i), max_acts) for m, s, i in items]
+
+        def lookup(m: str, s: str, i: str) -> dict[str, Any] | None:
+            index = wire.canonical_index(i)
+            if index is None or self.source(m, s) is None:
+                return None
+            return self.features_post_item(m, s, index, max_acts)
+
+        return wire.order_features_post(requests, lookup)
 
     def features_offset(self, model_id: str, source_id: str, offset: int) -> list[dict[str, Any]]:
         """POST /api/features-offset: 25 live features from `offset` in natural index order,
@@ -1070,17 +1155,22 @@ class EmulatorState:
             ]
         return sae.search_index
 
-    def search(self, model_id: str, layers: Iterable[str], query: str, offset: int = 0) -> dict[str, Any]:
-        """POST /api/explanation/search, scored by word overlap (cosine of word sets).
+    def search(self, model_id: str, layers: Iterable[str], query: str, offset: int = 0, *,
+               request: Any = None) -> dict[str, Any]:
+        """POST /api/explanation/search (app/api/explanation/search/route.tsx), scored by word
+        overlap (the cosine of word sets) where Neuronpedia compares embeddings.
 
-        `resultsCount` is the number of results on this page; `hasMore`/`nextOffset` say
-        whether and where to continue.
+        Results carry modelId, layer, index, description, explanationModelName, typeName,
+        cosine_similarity and `neuron` (getNeurons with 3 activations), no id and no authorId;
+        `request` echoes the body (default: these arguments); `nextOffset` only on a full page.
         """
-        layers = list(layers)
-        q = words(query)
+        req = wire.SearchRequest(model_id, tuple(layers), query, max(int(offset), 0))
+        if request is None:
+            request = {"modelId": model_id, "layers": list(req.layers), "query": query, "offset": offset}
+        q = words(req.query)
         hits: list[tuple[float, int, int, int, str, str]] = []
-        for order, layer in enumerate(layers):
-            sae = self.sae_data(model_id, layer)
+        for order, layer in enumerate(req.layers):
+            sae = self.sae_data(req.model_id, layer)
             if sae is None or not q:
                 continue
             for i, j, desc, ws in self._search_index(sae):
@@ -1089,25 +1179,26 @@ class EmulatorState:
                     score = common / float(np.sqrt(len(q) * len(ws)))
                     hits.append((-score, order, i, j, layer, desc))
         hits.sort()
-        offset = max(int(offset), 0)
-        page = hits[offset : offset + SEARCH_PAGE]
+        page = hits[req.offset : req.offset + SEARCH_PAGE]
         results = []
         for neg, _, i, j, layer, desc in page:
-            sae = self.sae_data(model_id, layer)
+            sae = self.sae_data(req.model_id, layer)
             assert sae is not None
             e = self._explanation(sae, i, j)
-            results.append({
-                "id": e["id"],
-                "modelId": model_id,
+            result: dict[str, Any] = {
+                "modelId": req.model_id,
                 "layer": layer,
                 "index": str(i),
                 "description": desc,
-                "authorId": e["authorId"],
-                "typeName": e["typeName"],
                 "explanationModelName": e["explanationModelName"],
+                "typeName": e["typeName"],
                 "cosine_similarity": round(-neg, 6),
-            })
-        return search_page(model_id, layers, query, offset, len(hits), results)
+            }
+            neuron = self.features_post_item(req.model_id, layer, i, 3)
+            if neuron is not None:
+                result["neuron"] = neuron
+            results.append(result)
+        return wire.search_page(request, results, req.offset)
 
     def vector(self, model_id: str, source_id: str, index: int) -> dict[str, Any] | None:
         """`vector` of POST /api/vector/get for a stored steering vector, else None."""
