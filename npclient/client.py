@@ -19,12 +19,16 @@ from typing import Any, Awaitable, Callable, Literal, Optional, Union
 import httpx
 import orjson
 
+from . import wire
 from .errors import (
+    InvalidIdError,
     NotFound,
     NPError,
     NPTransportError,
     PayloadError,
     RateLimited,
+    RouteError,
+    ServerError,
     status_error,
 )
 from .ids import FeatureId, FeatureIdLike, SourceSetId
@@ -56,10 +60,12 @@ DEFAULT_CONCURRENCY = 64
 DEFAULT_BATCH_SIZE = 25
 MAX_BATCH_SIZE = 200
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
-#: Endpoints with their own, much tighter, per-hour buckets on Neuronpedia (90% of each).
+#: Buckets with their own, much tighter, per-hour limits on Neuronpedia (90% of each), keyed
+#: by the bucket's endpoint in middleware.ts: `/api/explanation/search` matches by prefix, so
+#: search, search-all, search-model and search-release share its 200 an hour.
 ENDPOINT_BUDGETS: Mapping[str, Budget] = {
-    "/api/explanation/search-all": Budget(limit=1440, window_s=3600.0, burst=10),
     "/api/explanation/search": Budget(limit=180, window_s=3600.0, burst=5),
+    "/api/search-all": Budget(limit=1440, window_s=3600.0, burst=10),
     "/api/activation/new": Budget(limit=900, window_s=3600.0, burst=10),
 }
 
@@ -131,10 +137,9 @@ class NeuronpediaClient:
             Pacer(budget, cooldown_s=cooldown_s, clock=clock, sleep=sleep) if budget is not None else None
         )
         budgets = ENDPOINT_BUDGETS if endpoint_budgets is None else endpoint_budgets
-        # Longest prefix first, so `/api/explanation/search-all` is not taken for `/search`.
         self.endpoint_pacers: dict[str, Pacer] = {
             path: Pacer(b, cooldown_s=cooldown_s, clock=clock, sleep=sleep, name=path)
-            for path, b in sorted(budgets.items(), key=lambda kv: -len(kv[0]))
+            for path, b in budgets.items()
         } if budget is not None else {}
         self._post_supported = True
         self.requests_sent = 0
@@ -144,6 +149,17 @@ class NeuronpediaClient:
             f"NeuronpediaClient(base_url={self.base_url!r}, api_key={'set' if self._has_key else 'unset'}, "
             f"concurrency={self.concurrency}, pacer={self.pacer!r}, retry={self.retry!r})"
         )
+
+    def waiting(self) -> Optional[tuple[float, str]]:
+        """(wall-clock time, reason) until which requests are held back by the budget or a 429
+        cooldown, or None. Progress lines show it as "rate limit: waiting until HH:MM"."""
+        now_mono, now_wall = self._clock(), time.time()
+        for pacer in ([self.pacer] if self.pacer else []) + list(self.endpoint_pacers.values()):
+            until = pacer.waiting_until()
+            if until is not None:
+                reason = "429 cooldown" if pacer.cooldown_left > 0 else "rate limit"
+                return now_wall + (until - now_mono), reason
+        return None
 
     async def __aenter__(self) -> "NeuronpediaClient":
         return self
@@ -156,20 +172,26 @@ class NeuronpediaClient:
 
     # ---- the one request path --------------------------------------------------------------
     def _pacers_for(self, path: str) -> list[Pacer]:
+        """The shared budget, then the tight bucket this path is charged to (if we pace it).
+
+        The bucket is the one whose count `x-limit-remaining` reports (`wire.limit_bucket`), so
+        the last pacer here is always the one to tighten from that header.
+        """
         pacers = [self.pacer] if self.pacer is not None else []
-        for prefix, pacer in self.endpoint_pacers.items():
-            if path == prefix or path.startswith(prefix + "/"):
-                pacers.append(pacer)
-                break
+        bucket = self.endpoint_pacers.get(wire.limit_bucket(path))
+        if bucket is not None:
+            pacers.append(bucket)
         return pacers
 
-    async def _send(self, method: str, path: str, *, json: Any = None, decode: Optional[Decode] = None) -> Any:
+    async def _send(
+        self, method: str, path: str, *, json: Any = None, decode: Optional[Decode] = None, retry_route_errors: bool = True
+    ) -> Any:
         """Send one API call; return its body decoded (JSON by default) or raise an `NPError`.
 
         Decoding happens inside the retry loop, so a truncated or malformed body
         (`NPTransportError` from `decode`) is fetched again like any transient fault.
         """
-        async for attempt in self.retry.retrying(self._sleep):
+        async for attempt in self.retry.retrying(self._sleep, route_errors=retry_route_errors):
             with attempt:
                 return await self._send_once_through_cooldowns(method, path, json, decode or _decode_json)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
@@ -223,7 +245,12 @@ class NeuronpediaClient:
             raise status_error(response.status_code, url, response.text, retry_after)
         remaining = response.headers.get("x-limit-remaining")
         if remaining is not None and remaining.strip().lstrip("-").isdigit() and pacers:
-            pacers[0].observe_remaining(int(remaining))
+            # The header counts the last bucket charged: a search reports the 200/h search
+            # bucket, never the 25,000/h one, so it must not shrink the feature budget.
+            reported = wire.limit_bucket(path)
+            target = pacers[-1] if pacers[-1].name == reported else (pacers[0] if reported in ("/", "/api") else None)
+            if target is not None:
+                target.observe_remaining(int(remaining))
         return response.content
 
     # ---- features ------------------------------------------------------------------------
@@ -379,16 +406,25 @@ class NeuronpediaClient:
         The endpoint has its own small budget (200/h on Neuronpedia), so pages are paced
         separately from feature fetches.
         """
+        if len(query) < wire.SEARCH_MIN_QUERY:
+            raise InvalidIdError(f"search query must be at least {wire.SEARCH_MIN_QUERY} characters, got {query!r}")
         results: list[SearchResult] = []
         offset = 0
         while max_results is None or len(results) < max_results:
-            body = await self._send(
-                "POST",
-                "/api/explanation/search",
-                json={"modelId": model_id, "layers": list(layers), "query": query, "offset": offset},
-            )
+            try:
+                body = await self._send(
+                    "POST",
+                    wire.SEARCH_PATH,
+                    json={"modelId": model_id, "layers": list(layers), "query": query, "offset": offset},
+                    retry_route_errors=False,
+                )
+            except RouteError as exc:
+                raise RouteError(exc.status_code, exc.url, exc.body + " (Neuronpedia answers this for an unknown "
+                                 "model or source set, or when its embedding service fails; not retried against "
+                                 "the 200-an-hour search budget)") from None
             page = SearchPage.model_validate(body)
             results.extend(page.results)
+            # Neuronpedia sets hasMore and nextOffset only on a full page of 20.
             if not page.has_more or not page.results or page.next_offset is None or page.next_offset <= offset:
                 break
             offset = page.next_offset
@@ -397,9 +433,14 @@ class NeuronpediaClient:
     async def get_vector(self, model_id: str, source: str, index: int | str) -> VectorInfo:
         """`POST /api/vector/get`: a stored vector (steering vectors; SAE features have none)."""
         fid = FeatureId(model_id, source, index)  # type: ignore[arg-type]
-        body = await self._send(
-            "POST", "/api/vector/get", json={"modelId": fid.model_id, "source": fid.source, "index": str(fid.index)}
-        )
+        try:
+            body = await self._send(
+                "POST", wire.VECTOR_GET_PATH, json={"modelId": fid.model_id, "source": fid.source, "index": str(fid.index)}
+            )
+        except ServerError as exc:
+            # app/api/vector/get/route.tsx: with no stored vector it asks an inference server,
+            # which fails for SAE features, and answers its 500 envelope.
+            raise NotFound(404, exc.url, f"no stored vector for {fid} (Neuronpedia answered {exc.status_code})") from None
         vector = body.get("vector") if isinstance(body, dict) else None
         if not isinstance(vector, dict):
             raise NotFound(404, self.base_url + "/api/vector/get", f"no stored vector for {fid}")

@@ -10,6 +10,7 @@
     │   ├── NotFound (404)        never retried
     │   ├── RateLimited (429)     handed to the Pacer as a cooldown, not a backoff
     │   └── ServerError (5xx)     [retried]
+    │       └── RouteError        a route's own catch-all answer (500 "Unknown Error")
     ├── PayloadError              a well-formed body we cannot understand (schema drift)     [not retried]
     ├── StoreError                the local mirror could not be read or written
     │   ├── NotAMirrorError       a --db file that is not an np-mirror database
@@ -37,6 +38,7 @@ __all__ = [
     "NotFound",
     "RateLimited",
     "ServerError",
+    "RouteError",
     "PayloadError",
     "StoreError",
     "MirrorNotFound",
@@ -113,6 +115,15 @@ class ServerError(APIStatusError):
     pass
 
 
+class RouteError(ServerError):
+    """500 `{"message": "Unknown Error"}`: the route caught its own failure and said so.
+
+    Neuronpedia's features and search routes answer this for requests they cannot serve
+    (an unknown model or source set in a search, say) as well as for internal faults. Search
+    does not retry it: against the 200-an-hour search budget a retry costs dearly and rarely helps.
+    """
+
+
 class PayloadError(NPError):
     """Valid JSON that does not have the shape of the payload asked for."""
 
@@ -153,6 +164,15 @@ class UnsafeKey(ExportError):
     """An object key with unsafe characters, `..` or an absolute part: it is never written."""
 
 
+def _is_route_catch_all(body: str) -> bool:
+    import json
+
+    try:
+        return json.loads(body) == {"message": "Unknown Error"}
+    except ValueError:
+        return False
+
+
 def status_error(status_code: int, url: str, body: str = "", retry_after: float | None = None) -> APIStatusError:
     """Map a status code to its exception class (the one place this mapping lives)."""
     if status_code == 429:
@@ -161,6 +181,8 @@ def status_error(status_code: int, url: str, body: str = "", retry_after: float 
         return NotFound(status_code, url, body)
     if status_code == 401 or status_code == 403:
         return Unauthorized(status_code, url, body)
+    if status_code == 500 and _is_route_catch_all(body):
+        return RouteError(status_code, url, body)
     if status_code >= 500:
         return ServerError(status_code, url, body)
     if status_code >= 400:

@@ -11,9 +11,10 @@ import re
 from dataclasses import dataclass
 from typing import Union
 
+from . import wire
 from .errors import InvalidIdError
 
-__all__ = ["FeatureId", "SourceId", "SourceSetId", "parse_target"]
+__all__ = ["FeatureId", "SourceId", "SourceSetId", "parse_target", "is_source_name"]
 
 # Neuronpedia model ids and source ids use letters, digits, '.', '_', '-' (e.g.
 # `llama3.1-8b`, `8-res_fs768-jb`, `5-gemmascope-res-16k__l0-143`).
@@ -67,9 +68,9 @@ class SourceId:
 
     @property
     def set_name(self) -> str:
-        """The source set: after the first '-' and before any '__' (`0-res-jb` -> `res-jb`)."""
-        head = self.source.split("__", 1)[0]
-        return head.split("-", 1)[1] if "-" in head else head
+        """The source set, as Neuronpedia derives it (`wire.set_name_of`): `0-res-jb` -> `res-jb`,
+        `e-res-sm` -> `res-sm`, a bare layer `5` -> `neurons`."""
+        return wire.set_name_of(self.source)
 
     @property
     def layer(self) -> str:
@@ -155,13 +156,15 @@ def _split(text: object, n: int, shape: str) -> list[str]:
     return parts
 
 
-def parse_target(text: str) -> SourceId | SourceSetId:
-    """A CLI target: `model/source` when the second part starts with a layer number, else a set.
+def is_source_name(name: str) -> bool:
+    """Sources start with their layer: `0-res-jb`, `12-gemmascope-res-16k`, the embedding
+    `e-res-sm`, or are a bare layer of neurons (`5`); a set never does (`res-jb`, `neurons`)."""
+    return bool(re.match(r"^([0-9]+|e)-", name)) or wire.is_neuron_layer(name)
 
-    Sources always start with their layer (`0-res-jb`, `12-gemmascope-res-16k`); a set never
-    does (`res-jb`, `gemmascope-res-16k`), which is how the two are told apart.
-    """
+
+def parse_target(text: str) -> SourceId | SourceSetId:
+    """A CLI target: `model/source` (see `is_source_name`), else `model/set`."""
     parts = _split(text, 2, "model/source or model/set (e.g. gpt2-small/0-res-jb)")
-    if re.match(r"^[0-9]+-", parts[1]):
+    if is_source_name(parts[1]):
         return SourceId(parts[0], parts[1])
     return SourceSetId(parts[0], parts[1])

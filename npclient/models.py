@@ -14,7 +14,7 @@ from typing import Any, Optional
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from . import jsonio
+from . import jsonio, wire
 from .ids import FeatureId
 
 __all__ = [
@@ -134,6 +134,19 @@ class SourceInfo(NPModelBase):
     num_tokens_in_prompt: Optional[int] = None
     dataset: Optional[str] = None
 
+    @field_validator("saelens_config", mode="before")
+    @classmethod
+    def _config_object(cls, value: Any) -> Any:
+        """`saelensConfig` is nullable, and some upload paths store it as a JSON *string*
+        (Neuronpedia's app/api/admin/upload-eval/route.ts): read the string as its object;
+        anything else that is not an object carries no config."""
+        if isinstance(value, str):
+            try:
+                value = jsonio.loads(value.encode())
+            except ValueError:
+                return None
+        return value if isinstance(value, dict) else None
+
     @property
     def d_sae(self) -> Optional[int]:
         """The feature count, when the source carries its sae_lens config."""
@@ -209,6 +222,13 @@ class Feature(NPModelBase):
 
     _norm_index = field_validator("index", mode="before")(_index_to_int)
 
+    @field_validator("activations", mode="after")
+    @classmethod
+    def _top_first(cls, acts: list[Activation]) -> list[Activation]:
+        """Rank 0 is the largest `maxValue` (ties by id) whatever order the server sent:
+        GET sends them so, POST /api/features unordered unless asked for the top N."""
+        return wire.rank_activations(acts, max_value="max_value", ident="id")
+
     @field_validator(
         "vector", "topk_cos_sim_indices", "topk_cos_sim_values", "pos_str", "neg_str",
         "pos_values", "neg_values", "activations", "explanations", "lists", "comments",
@@ -253,6 +273,9 @@ class Feature(NPModelBase):
 
     @property
     def top_explanation(self) -> Optional[str]:
+        """The first explanation in the server's order: with scores (GET) that is Neuronpedia's
+        rank, `scoreV2` then `scoreV1` descending with unscored ones first; without (POST
+        answers carry no scores) it is the database's order. See README, "Top explanation"."""
         return next((e.description for e in self.explanations if e.description), None)
 
 

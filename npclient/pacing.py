@@ -94,6 +94,7 @@ class Pacer:
         self._tokens = self._burst
         self._refilled_at = clock()
         self._cooldown_until = 0.0
+        self._blocked_until: dict[int, float] = {}  # waiter -> when it expects to go on
         self._released: Optional[asyncio.Event] = None
         self.sent = 0
         self.rate_limited = 0
@@ -124,6 +125,14 @@ class Pacer:
     def cooldown_left(self) -> float:
         return max(0.0, self._cooldown_until - self._clock())
 
+    def waiting_until(self) -> Optional[float]:
+        """When (on this pacer's clock) the next request held back by the budget or a 429
+        cooldown may go; None when nothing waits longer than a moment. Progress displays
+        turn this into "rate limit: waiting until HH:MM"."""
+        now = self._clock()
+        pending = [t for t in self._blocked_until.values() if t - now > 1.0]
+        return min(pending) if pending else None
+
     # ---- acquiring ---------------------------------------------------------------------
     def slot(self, cost: int = 1) -> "_Slot":
         return _Slot(self, cost)
@@ -132,28 +141,37 @@ class Pacer:
         """Wait until `cost` requests may be sent, then hold them until `release`."""
         if cost > self.budget.limit:
             raise ValueError(f"cost {cost} exceeds the whole budget {self.budget.limit}")
-        while True:
-            now = self._clock()
-            if now < self._cooldown_until:
-                await self._sleep(max(self._cooldown_until - now, 1e-3))
-                continue  # the cooldown may have been extended while we slept
-            self._purge(now)
-            self._refill(now)
-            if self._held + self._in_flight + cost > self.budget.limit:
-                if self._expiries:
-                    await self._sleep(max(self._expiries[0][0] - now, 1e-3))
-                else:
-                    await self._wait_for_release()
-                continue
-            if self._tokens < cost - 1e-9:
-                # at least 1 ms, so float rounding can never turn this into a busy loop
-                await self._sleep(max((cost - self._tokens) / self.budget.rate, 1e-3))
-                continue
-            self._tokens = max(self._tokens, float(cost))
-            self._tokens -= cost
-            self._in_flight += cost
-            self.sent += cost
-            return
+        me = id(asyncio.current_task()) if _in_task() else id(self)
+        try:
+            while True:
+                now = self._clock()
+                if now < self._cooldown_until:
+                    await self._wait(me, self._cooldown_until - now)
+                    continue  # the cooldown may have been extended while we slept
+                self._purge(now)
+                self._refill(now)
+                if self._held + self._in_flight + cost > self.budget.limit:
+                    if self._expiries:
+                        await self._wait(me, self._expiries[0][0] - now)
+                    else:
+                        await self._wait_for_release()
+                    continue
+                if self._tokens < cost - 1e-9:
+                    # at least 1 ms, so float rounding can never turn this into a busy loop
+                    await self._sleep(max((cost - self._tokens) / self.budget.rate, 1e-3))
+                    continue
+                self._tokens = max(self._tokens, float(cost))
+                self._tokens -= cost
+                self._in_flight += cost
+                self.sent += cost
+                return
+        finally:
+            self._blocked_until.pop(me, None)
+
+    async def _wait(self, me: int, seconds: float) -> None:
+        seconds = max(seconds, 1e-3)
+        self._blocked_until[me] = self._clock() + seconds
+        await self._sleep(seconds)
 
     async def _wait_for_release(self) -> None:
         if self._released is None:
@@ -189,6 +207,13 @@ class Pacer:
         wait = self.cooldown_s if retry_after is None else max(0.0, retry_after)
         self._cooldown_until = max(self._cooldown_until, self._clock() + wait)
         return wait
+
+
+def _in_task() -> bool:
+    try:
+        return asyncio.current_task() is not None
+    except RuntimeError:
+        return False
 
 
 class _Slot:

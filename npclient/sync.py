@@ -49,6 +49,9 @@ class SyncOptions:
     batch_features: int = 200
     flush_s: float = 2.0
     exports_only: bool = False
+    #: fetch again by GET every feature in range whose explanations lack scores (imported from an
+    #: export, or fetched by POST): one request per feature, printed before it starts
+    scores: bool = False
 
     def __post_init__(self) -> None:
         if self.range is not None:
@@ -60,6 +63,8 @@ class SyncOptions:
             raise ValueError(f"--parts takes a subset of {','.join(PARTS)} that includes features")
         if self.max_acts is not None and self.max_acts < 1:
             raise ValueError("--max-acts must be >= 1")
+        if self.scores and self.exports_only:
+            raise ValueError("--scores needs the API (one GET per feature); it cannot go with --exports-only")
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,8 @@ class SourcePlan:
     stop: int
     count_origin: str
     info: Optional[SourceInfo]
+    #: with `scores`: features in range still lacking scores (one GET each), else None
+    scores_needed: Optional[int] = None
 
 
 @dataclass
@@ -117,10 +124,17 @@ class SyncProgress:
     total: int
     fetched: int
     failed: int
+    #: requests the client may still send in its budget window (`budget_window_s` seconds)
     budget_remaining: Optional[int]
+    budget_window_s: Optional[float] = None
+    #: wall-clock time (time.time()) until which the budget or a 429 cooldown holds requests back
+    waiting_until: Optional[float] = None
+    waiting_reason: str = ""
 
 
 ProgressFn = Callable[[SyncProgress], None]
+#: How often a sync reports progress while no feature arrives.
+PROGRESS_TICK_S = 2.0
 
 
 def parse_range(text: str) -> tuple[int, int]:
@@ -201,7 +215,12 @@ async def plan_sync(
                 start, stop = 0, count
             else:
                 raise UnknownSourceError(f"the feature count of {sid} is unknown here; pass --range a:b")
-            plans.append(SourcePlan(sid, start, stop, origin, info))
+            needed = None
+            if options.scores:
+                scored = catalog.origin_indices(db, sid, start, stop, "get")
+                dead = set() if options.retry_failed else catalog.permanent_failures(db, sid, start, stop)
+                needed = (stop - start) - len(scored | dead)
+            plans.append(SourcePlan(sid, start, stop, origin, info, needed))
     return plans
 
 
@@ -220,13 +239,17 @@ async def run_sync(
     progress: Optional[ProgressFn] = None,
     exports: Optional["ExportBucket"] = None,
     exports_cache: Optional[Path] = None,
+    on_plan: Optional[Callable[[list[SourcePlan]], None]] = None,
 ) -> SyncSummary:
     """Sync `targets` into `db`; Ctrl-C keeps every batch committed so far and ends the run cleanly.
 
     With `exports` (a bucket), each source's bulk export is downloaded and imported first and
-    the API only fills the gaps; without it, the API does everything.
+    the API only fills the gaps; without it, the API does everything. `on_plan` sees the plan
+    before any feature request (the CLI prints what `scores` will cost there).
     """
     plans = await plan_sync(targets, db=db, client=client, options=options, meta=meta)
+    if on_plan is not None:
+        on_plan(plans)
     started = time.monotonic()
     requests_before = client.requests_sent
     for plan in plans:
@@ -271,7 +294,12 @@ async def _sync_source(
     sid = plan.source
     wanted = range(plan.start, plan.stop)
     part.wanted = len(wanted)
-    present = set() if options.refresh else catalog.present_indices(db, sid, plan.start, plan.stop) - set(refetch)
+    if options.refresh:
+        present: set[int] = set()
+    elif options.scores:  # only features fetched by GET carry scores and Neuronpedia's order
+        present = catalog.origin_indices(db, sid, plan.start, plan.stop, "get")
+    else:
+        present = catalog.present_indices(db, sid, plan.start, plan.stop) - set(refetch)
     dead = set() if options.retry_failed else catalog.permanent_failures(db, sid, plan.start, plan.stop)
     part.already_present = len(present)
     part.skipped_failed = len(dead - present)
@@ -280,16 +308,30 @@ async def _sync_source(
 
     def report() -> None:
         if progress is not None:
-            progress(SyncProgress(sid, done, len(wanted), part.fetched, part.failed_total,
-                                  client.pacer.remaining if client.pacer else None))
+            waiting = client.waiting()
+            progress(SyncProgress(
+                sid, done, len(wanted), part.fetched, part.failed_total,
+                client.pacer.remaining if client.pacer else None,
+                client.pacer.budget.window_s if client.pacer else None,
+                waiting[0] if waiting else None, waiting[1] if waiting else "",
+            ))
 
     report()
     if not todo:
         return
+
+    async def tick() -> None:
+        """Report while nothing arrives too (a spent budget can hold requests for minutes)."""
+        while True:
+            await asyncio.sleep(PROGRESS_TICK_S)
+            report()
+
+    ticker = asyncio.create_task(tick()) if progress is not None else None
     rows: list[FeatureRow] = []
     failures: list[FailureRow] = []
     last_flush = time.monotonic()
-    origin = "get" if options.method == "get" else "post"
+    method = "get" if options.scores else options.method
+    origin = "get" if method == "get" else "post"
 
     def flush() -> None:
         nonlocal rows, failures, last_flush
@@ -302,7 +344,7 @@ async def _sync_source(
         last_flush = time.monotonic()
 
     try:
-        async for fid, result in client.iter_features(todo, method=options.method, max_acts=options.max_acts):
+        async for fid, result in client.iter_features(todo, method=method, max_acts=options.max_acts):
             if isinstance(result, Feature):
                 # POST answers carry no relations; GET answers do. Either way the origin says which.
                 rows.append(FeatureRow(result, "get" if result.model is not None else origin))
@@ -313,6 +355,8 @@ async def _sync_source(
                 flush()
                 report()
     finally:
+        if ticker is not None:
+            ticker.cancel()
         # What was fetched before an interrupt is already whole: keep it.
         flush()
         report()

@@ -8,43 +8,66 @@ from typing import Annotated, Optional
 import typer
 
 from .common import make_client, open_mirror
-from .errors import EXIT_FAILURES
+from .errors import EXIT_BAD_INPUT, EXIT_FAILURES
 from .options import BaseUrlOpt, DbOpt, FormatOpt
 from .output import Format, hint, json_out, rows_out
 
 
 def sources(
-    model: Annotated[Optional[str], typer.Argument(help="Only this model (e.g. gpt2-small).", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Argument(help="Only this model (e.g. gpt2-small); its sizes are looked up too.", show_default=False)] = None,
     base_url: BaseUrlOpt = None,
     fmt: FormatOpt = Format.table,
     refresh: Annotated[bool, typer.Option("--refresh", help="Ask the server again instead of the day-old cache.")] = False,
 ) -> None:
-    """List what Neuronpedia offers: models, source sets and sources with their sizes."""
+    """List what Neuronpedia offers: models, source sets and sources, with sizes for one model.
+
+    The model list carries no sizes (Neuronpedia's /api/model/list leaves out each source's
+    sae_lens config), so for the model you name each source set is looked up once (cached for
+    a day) and `d_sae` comes from there; "unknown" where the set carries no config either.
+    """
     from npclient.metacache import MetaCache
-    from npclient.models import ModelInfo
+    from npclient.models import ModelInfo, SourceSetInfo
 
     client = make_client(base_url, None, 4)
+    cache = MetaCache()
 
     async def run():
         async with client:
             async def fetch():
                 return [m.model_dump(by_alias=True) for m in await client.list_models()]
 
-            return await MetaCache().get_or_fetch(f"{client.base_url}|model-list", fetch, refresh=refresh)
+            models = [ModelInfo.model_validate(m) for m in
+                      await cache.get_or_fetch(f"{client.base_url}|model-list", fetch, refresh=refresh)]
+            sizes: dict[tuple[str, str], Optional[int]] = {}
+            for m in models:
+                if model is None or m.id != model:
+                    continue
+                for sset in m.source_sets:
+                    async def fetch_set(name=sset.name):
+                        found = await client.get_source_set(m.id, name)
+                        return found.model_dump(by_alias=True) if found is not None else None
 
-    models = [ModelInfo.model_validate(m) for m in aio.run(run())]
+                    body = await cache.get_or_fetch(f"{client.base_url}|source-set|{m.id}/{sset.name}", fetch_set, refresh=refresh)
+                    for src in (SourceSetInfo.model_validate(body).sources if body else []):
+                        sizes[(m.id, src.id)] = src.d_sae
+            return models, sizes
+
+    models, sizes = aio.run(run())
     rows = []
     for m in models:
         if model and m.id != model:
             continue
         for sset in m.source_sets:
             for src in sset.sources:
-                rows.append({"model": m.id, "set": sset.name, "source": src.id, "d_sae": src.d_sae,
-                             "saelens_release": src.saelens_release, "saelens_sae_id": src.saelens_sae_id})
+                size = sizes.get((m.id, src.id), src.d_sae)
+                rows.append({"model": m.id, "set": sset.name, "source": src.id,
+                             "d_sae": size if size is not None else ("unknown" if model else None)})
     if model and not rows:
-        hint(f"np-mirror: no sources listed for model {model!r}")
-        raise typer.Exit(EXIT_FAILURES)
-    rows_out(rows, fmt, ["model", "set", "source", "d_sae", "saelens_release", "saelens_sae_id"])
+        hint(f"np-mirror: no sources listed for model {model!r} (np-mirror sources lists every model)")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if model is None and fmt is Format.table:
+        hint("np-mirror: sizes are looked up per model: np-mirror sources MODEL")
+    rows_out(rows, fmt, ["model", "set", "source", "d_sae"])
 
 
 def status(db: DbOpt = None, fmt: FormatOpt = Format.table) -> None:
@@ -53,7 +76,8 @@ def status(db: DbOpt = None, fmt: FormatOpt = Format.table) -> None:
         rows = mirror.status()
     if not rows and fmt is Format.table:
         hint("np-mirror: the mirror is empty; try `np-mirror sync gpt2-small/0-res-jb`")
-    rows_out(rows, fmt, ["source", "present", "total", "activations", "explanations", "failed", "origins", "last_fetched"])
+    rows_out(rows, fmt, ["source", "present", "total", "activations", "explanations", "explained", "scored", "failed",
+                         "origins", "last_fetched", "thin"])
 
 
 def show(

@@ -20,6 +20,7 @@ def sync(
     parts: Annotated[str, typer.Option("--parts", help="What to store: a subset of features,activations,explanations.")] = "features,activations,explanations",
     max_acts: Annotated[Optional[int], typer.Option("--max-acts", help="Keep at most N top activations per feature.", show_default=False)] = None,
     full: Annotated[bool, typer.Option("--full", help="One GET per feature: untrimmed explanations with scores, but 25x the requests.")] = False,
+    scores: Annotated[bool, typer.Option("--scores", help="Also fetch again by GET every feature in range whose explanations lack scores (exports and POST carry none): one request per feature; the cost is printed first.")] = False,
     refresh: Annotated[bool, typer.Option("--refresh", help="Fetch again what is already stored, and re-list sources.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Ask again for features that were 404 before.")] = False,
     api_only: Annotated[bool, typer.Option("--api-only", help="Skip the bulk exports; fetch everything through the API.")] = False,
@@ -53,6 +54,7 @@ def sync(
         refresh=refresh,
         retry_failed=retry_failed,
         exports_only=exports_only,
+        scores=scores,
     )
     mirror = open_mirror(db, read_only=False)
     client = make_client(base_url, rate, concurrency)
@@ -71,7 +73,7 @@ def sync(
 
                 bucket = await stack.enter_async_context(ExportBucket(exports_url))
             return await run_sync(parsed, db=mirror.db, client=client, options=options, meta=MetaCache(),
-                                  progress=display.update, exports=bucket)
+                                  progress=display.update, exports=bucket, on_plan=display.plan)
 
     with display:
         summary = aio.run(run())

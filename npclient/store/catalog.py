@@ -72,6 +72,16 @@ def present_indices(db: Database, sid: SourceId, start: int, stop: int) -> set[i
     return _indices(db, "features", "true", sid, start, stop)
 
 
+def origin_indices(db: Database, sid: SourceId, start: int, stop: int, origin: str) -> set[int]:
+    """Features of `sid` in [start, stop) stored from `origin` (`get`, `post` or `export`)."""
+    with db.connect() as cur:
+        rows = cur.execute(
+            'SELECT "index" FROM features WHERE model_id = ? AND source = ? AND origin = ? AND "index" >= ? AND "index" < ?',
+            [sid.model_id, sid.source, origin, start, stop],
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
 def permanent_failures(db: Database, sid: SourceId, start: int, stop: int) -> set[int]:
     """Features of `sid` in [start, stop) that stayed 404: not asked for again unless `--retry-failed`."""
     return _indices(db, "failures", "permanent", sid, start, stop)
@@ -80,7 +90,10 @@ def permanent_failures(db: Database, sid: SourceId, start: int, stop: int) -> se
 STATUS_SQL = """
 WITH f AS (
     SELECT model_id, source, count(*) AS present, sum(n_activations) AS activations,
-           sum(n_explanations) AS explanations, max(fetched_at) AS last_fetched,
+           sum(n_explanations) AS explanations, count(*) FILTER (WHERE n_explanations > 0) AS explained,
+           count(*) FILTER (WHERE origin = 'get') AS scored,
+           count(*) FILTER (WHERE origin = 'export' AND umap_x IS NULL) AS no_umap,
+           max(fetched_at) AS last_fetched,
            string_agg(DISTINCT origin, ',' ORDER BY origin) AS origins
     FROM features GROUP BY ALL
 ), fl AS (
@@ -90,7 +103,10 @@ WITH f AS (
 )
 SELECT k.model_id || '/' || k.source AS source, coalesce(f.present, 0) AS present, s.feature_count AS total,
        coalesce(f.activations, 0) AS activations, coalesce(f.explanations, 0) AS explanations,
-       coalesce(fl.failed, 0) AS failed, f.origins AS origins, f.last_fetched AS last_fetched
+       coalesce(f.explained, 0) AS explained, coalesce(f.scored, 0) AS scored,
+       coalesce(fl.failed, 0) AS failed, f.origins AS origins, f.last_fetched AS last_fetched,
+       concat_ws(', ', CASE WHEN f.scored < f.present THEN 'scores' END,
+                       CASE WHEN f.no_umap > 0 THEN 'umap' END) AS thin
 FROM keys k
 LEFT JOIN sources s USING (model_id, source)
 LEFT JOIN f USING (model_id, source)
@@ -100,6 +116,11 @@ ORDER BY k.model_id, try_cast(split_part(k.source, '-', 1) AS INTEGER), k.source
 
 
 def status_rows(db: Database) -> list[dict[str, Any]]:
+    """Per source: `present`/`total` features, activation and explanation rows, `explained`
+    (features with at least one explanation), `scored` (features whose explanations carry
+    scores and Neuronpedia's order: fetched by GET), `failed`, and `thin`: the columns some
+    present features lack because of where they came from ("scores": imported from an export
+    or fetched by POST, see `sync --scores`; "umap": imported features without coordinates)."""
     with db.connect() as cur:
         result = cur.execute(STATUS_SQL)
         cols = [d[0] for d in result.description]

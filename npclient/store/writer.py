@@ -16,7 +16,7 @@ from typing import Any, Optional
 import orjson
 import pyarrow as pa
 
-from .. import jsonio
+from .. import faults, jsonio
 from ..ids import FeatureId
 from ..models import Feature
 from . import rawblob
@@ -215,6 +215,8 @@ def write_batch(
                     [feature_key(fail.fid), fail.fid.model_id, fail.fid.source, fail.fid.index, fail.reason,
                      fail.status_code, fail.message[:500], fail.permanent, run_id],
                 )
+            faults.point("write_batch.before_commit")
         finally:
             for name in names:
                 cur.unregister(name)
+    faults.point("write_batch.after_commit")
