@@ -2,12 +2,15 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test test-all demo bench clean
 
 setup:
 	@bash scripts/setup.sh
 
-test: setup
+test: setup  # the fast suite (what a change should keep green); `slow` tests are left to test-all
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: setup  # everything, the slow end-to-end sweeps too: what CI runs
 	$(PY) -m pytest -q
 
 demo: setup

@@ -493,7 +493,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if emu.stats_end:
             print(f"emulator payload cache: start {emu.stats_start}, end {emu.stats_end}")
         print()
-        report["a"] = {"runs": [r.__dict__ | {"rps": r.rps} for r in runs], "ratio": ratio,
+        report["a"] = {"runs": [r.__dict__ | {"rps": r.rps} for r in runs], "ratio": ratio, "speedup": ratio,
+                       "client_s": client_run.wall_s,
                        "ceiling_rps": ceiling, "cache_start": emu.stats_start, "cache_end": emu.stats_end}
 
     if not args.skip_b:

@@ -134,6 +134,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--features", type=int, default=24576)
     ap.add_argument("--dir", type=Path, default=None, help="reuse or keep the generated export here")
+    ap.add_argument("--write-only", action="store_true", help="only write the export (into --dir) and stop")
+    ap.add_argument("--skip-loop", action="store_true", help="skip the Python-loop baseline (benchmarks/ab.py)")
+    ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = ap.parse_args()
     root = args.dir or Path(tempfile.mkdtemp(prefix="np-bench-import-"))
     folder = root / "v1" / SRC.model_id / SRC.source
@@ -142,6 +145,8 @@ def main() -> None:
         state = EmulatorState(EmulatorConfig(sources=(SourceSpec(SRC.model_id, SRC.source, d_sae=args.features),), cache_size=64))
         write_export(state, root, quirks=ExportQuirks(non_source_folders=False))
         print(f"generated the export in {time.perf_counter() - t:.1f} s")
+    if args.write_only:
+        return
     files = sorted(folder.rglob("batch-*.jsonl.gz"))
     gz_bytes = sum(f.stat().st_size for f in files)
     t = time.perf_counter()
@@ -160,8 +165,10 @@ def main() -> None:
         took, peak_mb = float(took), float(peak_mb)
 
         subset = [next(f for f in files if "/features/" in str(f)), next(f for f in files if "/activations/" in str(f))]
-        base_s = python_loop(subset, Path(tmp) / "loop.duckdb")
-        ours_s = ours_on(subset, folder, Path(tmp) / "subset.duckdb")
+        base_s = ours_s = float("nan")
+        if not args.skip_loop:
+            base_s = python_loop(subset, Path(tmp) / "loop.duckdb")
+            ours_s = ours_on(subset, folder, Path(tmp) / "subset.duckdb")
 
     print(f"machine: {os.cpu_count()} cores; duckdb {duckdb.__version__}")
     print(f"export: {len(files)} batch files, {gz_bytes / 1e6:.0f} MB gzip, {raw_bytes / 1e6:.0f} MB JSON; {rows} rows imported, {failed} failed")
@@ -175,6 +182,12 @@ def main() -> None:
     print(f"{'subset: python json.loads + executemany loop':58s} {base_s:10.2f} s")
     print(f"{'subset: ours on the same 2 files':58s} {ours_s:10.2f} s")
     print(f"{'ratio loop / ours (goal >= 10x)':58s} {base_s / ours_s:10.1f} x")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "files": len(files), "gzip_bytes": gz_bytes, "json_bytes": raw_bytes, "rows": int(rows), "failed": int(failed),
+            "import_s": took, "gunzip_s": gunzip_s, "import_mb_s": raw_bytes / took / 1e6, "peak_mb": peak_mb,
+            "loop_subset_s": base_s, "ours_subset_s": ours_s,
+        }, indent=2))
 
 
 if __name__ == "__main__":

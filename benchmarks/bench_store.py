@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=5000)
     ap.add_argument("--reads", type=int, default=2000)
     ap.add_argument("--gets", type=int, default=20)
+    ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = ap.parse_args()
     n = args.features
     src = SourceId("gpt2-small", "0-res-jb")
@@ -97,6 +98,14 @@ def main() -> None:
     print(f"{'ratio GET / mirror read (goal >= 50x)':48s} {get_p50 / p50:10.0f} x")
     print(f"{f'all {table.num_rows} features to Arrow':48s} {arrow_s:10.3f} s")
     print(f"{f'all {acts.num_rows} activations to Arrow':48s} {acts_s:10.3f} s")
+    if args.json:
+        import json
+
+        args.json.write_text(json.dumps({
+            "machine": machine(), "features": n, "sync_s": sync_s, "feature_p50_ms": p50, "feature_p99_ms": p99,
+            "get_p50_ms": get_p50, "get_over_read": get_p50 / p50, "features_arrow_s": arrow_s,
+            "activations_arrow_s": acts_s,
+        }, indent=2))
 
 
 if __name__ == "__main__":
