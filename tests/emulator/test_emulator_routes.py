@@ -223,6 +223,9 @@ async def test_vector_and_export(st_client: tuple[EmulatorState, httpx.AsyncClie
 
 
 async def test_rate_limit_429_and_remaining() -> None:
+    """middleware.ts: every matching bucket charged in order, the refusing one named in the 429
+    body (`remainingRequests` always 0, no Retry-After, no x-limit-remaining), and
+    `x-limit-remaining` = the last bucket charged (a search reports the search bucket)."""
     cfg = EmulatorConfig(rate_limit=RateLimitConfig(api_limit=5, endpoint_limits={"/api/explanation/search": 2}))
     async with client_for(cfg) as c:
         remaining = []
@@ -253,6 +256,7 @@ async def test_rate_limit_429_and_remaining() -> None:
 
 
 async def test_default_search_bucket_is_200_per_hour() -> None:
+    """middleware.ts NORMAL_RATE_LIMITS: `/api/explanation/search` 200 per 60 m, `/api` 25,000."""
     async with client_for(EmulatorConfig(rate_limit=RateLimitConfig())) as c:
         req = {"modelId": M, "layers": [S], "query": "Monday"}
         for _ in range(200):
@@ -265,6 +269,7 @@ async def test_default_search_bucket_is_200_per_hour() -> None:
 
 
 async def test_rate_limit_per_ip_and_window_label() -> None:
+    """middleware.ts keys buckets by `ipAddress(request)` (x-real-ip), not by API key."""
     cfg = EmulatorConfig(rate_limit=RateLimitConfig(api_limit=1, window_s=10.0))
     async with client_for(cfg) as c:
         assert (await c.get(f"/api/feature/{M}/{S}/1")).status_code == 200
@@ -315,3 +320,18 @@ async def test_in_process_faults() -> None:
         r = await c.get(f"/api/feature/{M}/{S}/1")
         assert r.status_code == 500 and r.text.startswith("<!DOCTYPE html>")
     assert [x.fault for x in st.requests] == ["reset", "truncated", "malformed", "html500"]
+
+
+def test_all_explanation_search_routes_share_one_bucket() -> None:
+    """middleware.ts matches `/api/explanation/search` by prefix (no `exact`): search-all,
+    search-model and search-release are charged to the same 200 an hour."""
+    from npclient.testing.emulator.ratelimit import RateLimiter
+
+    limiter = RateLimiter(RateLimitConfig(endpoint_limits={"/api/explanation/search": 3}), clock=lambda: 100.0)
+    paths = ["/api/explanation/search", "/api/explanation/search-all", "/api/explanation/search-model",
+             "/api/explanation/search-release"]
+    decisions = [limiter.hit("1.2.3.4", p) for p in paths]
+    assert [d.allowed for d in decisions] == [True, True, True, False]
+    assert [d.remaining for d in decisions[:3]] == [2, 1, 0]
+    assert decisions[3].endpoint == "/api/explanation/search"
+    assert limiter.hit("1.2.3.4", "/api/search-all").allowed  # a different endpoint, its own bucket
