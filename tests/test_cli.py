@@ -137,3 +137,23 @@ def test_sync_exports_first_from_the_cli(np_emulator_factory, tmp_path, monkeypa
     assert (tmp_path / "home" / "exports" / "v1" / "gpt2-small" / "0-res-jb" / "features" / "batch-0.jsonl.gz").exists()
     code, out, _ = run(capsys, "status", "--db", str(db), "--format", "json")
     assert json.loads(out)[0]["origins"] == "export"
+
+
+def test_sources_of_an_unknown_model_is_bad_input(env, capsys):
+    code, _, err = run(capsys, "sources", "no-such-model")
+    assert code == 2 and "no sources listed for model 'no-such-model'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_scores_prints_its_cost_before_any_feature_request(env, capsys):
+    server, db = env
+    run(capsys, "sync", "gpt2-small/0-res-jb", "--db", str(db), "--quiet", "--range", "0:10")
+    server.state.log.clear()
+    code, _, err = run(capsys, "sync", "gpt2-small/0-res-jb", "--db", str(db), "--quiet", "--range", "0:10", "--scores",
+                       "--api-only")
+    assert code in (0, 1), err
+    first = err.splitlines()[0]
+    assert first.startswith("np-mirror: --scores: ") and "need one GET each" in first
+    needed = int(first.split("--scores: ")[1].split()[0].replace(",", ""))
+    holes = sum(server.state.is_hole("gpt2-small", "0-res-jb", i) for i in range(10))
+    assert needed == 10 - holes  # the holes are known 404s: not asked for again
+    assert len(server.state.log.matching("/api/feature/")) == needed
