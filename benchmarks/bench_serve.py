@@ -12,7 +12,14 @@ process, then measures from this process:
 Random feature ids of the mirror, keep-alive connections. A benchmark, not a test: it never
 fails on time.
 
+`--baseline DIR` also measures the `np-mirror serve` of another source tree (a directory holding
+`npclient/` and `np_mirror/`, e.g. `git archive HEAD npclient cli` unpacked with `cli/np_mirror`
+moved up) in the same run, on the same mirror: the two servers take turns, `--rounds` times
+each, so a busy machine slows both alike. Each server runs from a neutral working directory with
+its tree first on `PYTHONPATH`.
+
     .venv/bin/python benchmarks/bench_serve.py [--features 2000] [--rate 100] [--duration 10] [--concurrency 8]
+        [--db PATH (built there if absent)] [--baseline DIR [--rounds 2]]
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -65,9 +73,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(db: Path, port: int) -> subprocess.Popen:
-    code = "import typer; from np_mirror.cmd_serve import serve; typer.run(serve)"
-    proc = subprocess.Popen([sys.executable, "-c", code, "--port", str(port), "--db", str(db)])
+def start_server(db: Path, port: int, tree: Path | None = None) -> subprocess.Popen:
+    """`np-mirror serve` in its own process; `tree` first on its path (else this checkout's package)."""
+    code = ("import sys, typer, npclient; from np_mirror.cmd_serve import serve; "
+            "print('np-mirror serve from', npclient.__file__, file=sys.stderr); typer.run(serve)")
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    # `python -c` puts its working directory first on sys.path: run where no package shadows the tree
+    proc = subprocess.Popen([sys.executable, "-c", code, "--port", str(port), "--db", str(db)], env=env,
+                            cwd=tempfile.gettempdir())
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -134,20 +149,70 @@ async def closed_loop(base: str, paths: list[str], concurrency: int, duration: f
     return done, elapsed, lat, errors
 
 
+def measure(db: Path, paths: list[str], args: argparse.Namespace, tree: Path | None) -> dict[str, Any]:
+    port = free_port()
+    proc = start_server(db, port, tree)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        sched, sent, err_open = asyncio.run(open_loop(base, paths, args.rate, args.duration))
+        done, elapsed, lat_closed, err_closed = asyncio.run(closed_loop(base, paths, args.concurrency, args.duration))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return {"sched": sched, "sent": sent, "err_open": err_open, "done": done, "elapsed": elapsed,
+            "closed": lat_closed, "err_closed": err_closed}
+
+
+def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"sched": [], "sent": [], "closed": [], "err_open": 0, "err_closed": 0, "done": 0, "elapsed": 0.0}
+    for r in runs:
+        for k in ("sched", "sent", "closed"):
+            out[k] += r[k]
+        for k in ("err_open", "err_closed", "done", "elapsed"):
+            out[k] += r[k]
+    return out
+
+
+def table(label: str, m: dict[str, Any], args: argparse.Namespace, rounds: int) -> None:
+    sched, sent, lat_closed = m["sched"], m["sent"], m["closed"]
+    print(f"**{label}**")
+    print()
+    print("| load | requests | errors | p50 ms | p90 ms | p99 ms | max ms | throughput req/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| open loop {args.rate:g}/s x {args.duration:g} s x {rounds} (from schedule) | {len(sched)} | {m['err_open']} | "
+          f"{pct(sched, 50):.2f} | {pct(sched, 90):.2f} | {pct(sched, 99):.2f} | {max(sched):.2f} | "
+          f"{len(sched) / (args.duration * rounds):.0f} |")
+    print(f"| open loop, from actual send | {len(sent)} | {m['err_open']} | "
+          f"{pct(sent, 50):.2f} | {pct(sent, 90):.2f} | {pct(sent, 99):.2f} | {max(sent):.2f} | |")
+    print(f"| closed loop, {args.concurrency} clients x {args.duration:g} s x {rounds} | {m['done']} | {m['err_closed']} | "
+          f"{pct(lat_closed, 50):.2f} | {pct(lat_closed, 90):.2f} | {pct(lat_closed, 99):.2f} | {max(lat_closed):.2f} | "
+          f"**{m['done'] / m['elapsed']:.0f}** |")
+    p99 = pct(sched, 99)
+    print()
+    print(f"goal p99 < 25 ms at {args.rate:g}/s: {'met' if p99 < 25 else 'missed'} ({p99:.2f} ms)")
+    print()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--features", type=int, default=2000)
-    ap.add_argument("--db", type=Path, help="an existing mirror (default: build one from the emulator)")
+    ap.add_argument("--db", type=Path, help="a mirror (built there by sync from the emulator if absent; default: a temporary one)")
     ap.add_argument("--rate", type=float, default=100.0)
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--baseline", type=Path, help="a source tree whose `np-mirror serve` is measured in turn with this one")
+    ap.add_argument("--rounds", type=int, default=None, help="turns per server (default 2 with --baseline, else 1)")
     args = ap.parse_args()
+    rounds = args.rounds or (2 if args.baseline else 1)
+    if args.baseline is not None and not (args.baseline / "npclient").is_dir():
+        raise SystemExit(f"--baseline {args.baseline}: no npclient/ there")
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_serve_")
     db = args.db
     build_s = None
     if db is None:
         db = Path(tmp.name) / "mirror.duckdb"
+    if not db.exists():
         build_s = build_mirror(db, args.features)
     with Mirror(db, read_only=True) as mirror:
         rows = mirror.sql("SELECT model_id, source, \"index\" FROM features").to_pylist()
@@ -157,32 +222,20 @@ def main() -> None:
     paths = [f"/api/feature/{r['model_id']}/{r['source']}/{r['index']}" for r in rows]
     rng.shuffle(paths)
 
-    port = free_port()
-    proc = start_server(db, port)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        sched, sent, err_open = asyncio.run(open_loop(base, paths, args.rate, args.duration))
-        done, elapsed, lat_closed, err_closed = asyncio.run(closed_loop(base, paths, args.concurrency, args.duration))
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    servers: list[tuple[str, Path | None]] = [("this checkout", None)]
+    if args.baseline is not None:
+        servers.insert(0, (f"baseline {args.baseline}", args.baseline))
+    results: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in servers}
+    for _ in range(rounds):
+        for label, tree in servers:
+            results[label].append(measure(db, paths, args, tree))
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"mirror: {len(rows)} features, first body {body_kb:.0f} kB"
           + (f", built by sync in {build_s:.1f} s" if build_s is not None else f" ({db})"))
     print()
-    print("| load | requests | errors | p50 ms | p90 ms | p99 ms | max ms | throughput req/s |")
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| open loop {args.rate:g}/s x {args.duration:g} s (from schedule) | {len(sched)} | {err_open} | "
-          f"{pct(sched, 50):.2f} | {pct(sched, 90):.2f} | {pct(sched, 99):.2f} | {max(sched):.2f} | {len(sched) / args.duration:.0f} |")
-    print(f"| open loop, from actual send | {len(sent)} | {err_open} | "
-          f"{pct(sent, 50):.2f} | {pct(sent, 90):.2f} | {pct(sent, 99):.2f} | {max(sent):.2f} | |")
-    print(f"| closed loop, {args.concurrency} clients x {args.duration:g} s | {done} | {err_closed} | "
-          f"{pct(lat_closed, 50):.2f} | {pct(lat_closed, 90):.2f} | {pct(lat_closed, 99):.2f} | {max(lat_closed):.2f} | "
-          f"**{done / elapsed:.0f}** |")
-    p99 = pct(sched, 99)
-    print()
-    print(f"goal p99 < 25 ms at {args.rate:g}/s: {'met' if p99 < 25 else 'missed'} ({p99:.2f} ms)")
+    for label, _ in servers:
+        table(label, merge(results[label]), args, rounds)
     tmp.cleanup()
 
 

@@ -27,7 +27,7 @@ __all__ = [
     "MODEL_LIST_SOURCE_FIELDS", "EXPORT_FEATURE_FIELDS", "EXPORT_ACTIVATION_FIELDS", "EXPORT_EXPLANATION_FIELDS",
     "WireError", "FeatureRequest", "SearchRequest", "parse_json", "js_falsy", "yup_string",
     "parse_features_body", "parse_search_body", "error_envelope", "not_found_body",
-    "search_page", "order_features_post", "activation_rank_key", "rank_activations",
+    "search_page", "search_echo", "order_features_post", "activation_rank_key", "rank_activations",
     "explanation_order_key", "canonical_index", "is_neuron_layer", "set_name_of", "layer_number", "words", "limit_bucket",
 ]
 
@@ -414,6 +414,27 @@ def search_page(request: dict[str, Any], results: list[dict[str, Any]], offset: 
     if page["hasMore"]:
         page["nextOffset"] = offset + len(results)
     return page
+
+
+def search_echo(body: dict[str, Any], req: SearchRequest) -> dict[str, Any]:
+    """The `request` of a search answer (app/api/explanation/search/route.tsx echoes yup's cast): the body itself when yup cast nothing, else yup's rebuilt
+    object (declared keys in reverse order: offset, query, layers, modelId; then the others)."""
+    offset = body.get("offset")
+    same = (body.get("modelId") == req.model_id and body.get("query") == req.query
+            and isinstance(body.get("layers"), list) and list(body["layers"]) == list(req.layers)
+            and all(isinstance(x, str) for x in body["layers"])
+            and isinstance(body.get("modelId"), str) and isinstance(body.get("query"), str)
+            and (offset is None or (isinstance(offset, (int, float)) and not isinstance(offset, bool)
+                                    and offset == req.offset)))
+    if same:
+        return body
+    echo: dict[str, Any] = {}
+    if "offset" in body:
+        echo["offset"] = None if offset is None else req.offset
+    echo.update({"query": req.query, "layers": list(req.layers), "modelId": req.model_id})
+    for key, value in body.items():
+        echo.setdefault(key, value)
+    return echo
 
 
 # --------------------------------------------------------------------------- orderings

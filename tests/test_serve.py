@@ -1,9 +1,12 @@
 """`np-mirror serve`: the API against the emulator it mirrors, its guards, the pages, real clients.
 
 A small emulator source is synced into a mirror; the server over that mirror must answer
-what the emulator answered (same status, same JSON). Then: ids, Host header, SQL injection,
-untrusted text in pages, the database let go, the official `neuronpedia` client, and a
-headless Chromium.
+what the emulator answered for the data (same features, same order). Errors are checked against
+`npclient.wire` (Neuronpedia's contract), not the emulator: serve answers 400/404 where
+Neuronpedia (and the emulator) answer 500. Then: ids, Host header, SQL injection, untrusted text
+in pages, the database let go, the official `neuronpedia` client, and a headless Chromium.
+`tests/test_serve_contract.py` covers the contract on a hand-built mirror, `test_serve_fuzz.py`
+fuzzes it.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from helpers import SRC, small_config
-from npclient import NeuronpediaClient, SourceId
+from npclient import NeuronpediaClient, SourceId, wire
 from npclient.models import Feature
 from npclient.serve import create_app
-from npclient.serve.api import DECODER_PATH, SEARCH_PAGE, SHARED_PATHS, api_routes
+from npclient.serve.api import DECODER_PATH, SERVED_ROUTES
 from npclient.store.database import Database
 from npclient.store.writer import FeatureRow, write_batch
 from npclient.sync import SyncOptions, run_sync
@@ -142,10 +145,9 @@ def serve_process(db: Path, port: int):
 # --------------------------------------------------------------------------- API shapes
 
 
-def test_routes_are_the_emulators_paths():
-    ours = {r.path for r in api_routes()} - {DECODER_PATH}
-    assert ours and ours <= set(SHARED_PATHS)
-    assert DECODER_PATH.startswith("/api/np-mirror/") and DECODER_PATH not in SHARED_PATHS
+def test_routes_are_wires_paths():
+    assert SERVED_ROUTES and set(SERVED_ROUTES) <= set(wire.READ_ROUTES)
+    assert DECODER_PATH.startswith("/api/np-mirror/") and DECODER_PATH not in {p for p, _ in wire.READ_ROUTES}
 
 
 def test_get_feature_is_the_stored_body_and_the_emulators(client, emu, emulator):
@@ -156,33 +158,41 @@ def test_get_feature_is_the_stored_body_and_the_emulators(client, emu, emulator)
         _same(mine, theirs)
         holes += mine.status_code == 404
     assert holes < N_GET // 2
-    # POST-synced features are served as stored (the POST item, exactly)
+    # POST-synced features are served as stored (the POST item), activations ranked top-first
     for i in range(0, N_POST, 7):
         got = client.get(f"/api/feature/{M}/{S2}/{i}")
         if emulator.state.exists(M, S2, i):
-            assert got.json() == emulator.state.features_post_item(M, S2, i)
+            item = emulator.state.features_post_item(M, S2, i)
+            item["activations"] = wire.rank_activations(item["activations"])
+            assert got.json() == item
 
 
-@pytest.mark.parametrize("path", [
-    f"/api/feature/{M}/no-such-source/1",
-    f"/api/feature/nomodel/{S}/1",
-    f"/api/feature/{M}/{S}/abc",
-    f"/api/feature/{M}/{S}/-1",
-    f"/api/feature/{M}/{S}/007",
-    f"/api/feature/{M}/{S}/99999999999999999999",
-    f"/api/feature/{M}/{S}/1.5",
-    f"/api/feature/{M}/{S}/400",
+@pytest.mark.parametrize(("path", "access_denied"), [
+    (f"/api/feature/{M}/no-such-source/1", True),  # set `such-source` unknown
+    (f"/api/feature/nomodel/{S}/1", True),
+    (f"/api/feature/{M}/99-res-jb/1", False),  # a known set: only the feature is missing
+    (f"/api/feature/{M}/{S}/abc", False),
+    (f"/api/feature/{M}/{S}/-1", False),
+    (f"/api/feature/{M}/{S}/007", False),
+    (f"/api/feature/{M}/{S}/99999999999999999999", False),
+    (f"/api/feature/{M}/{S}/{'9' * 5000}", False),
+    (f"/api/feature/{M}/{S}/1.5", False),
+    (f"/api/feature/{M}/{S}/1e400", False),
+    (f"/api/feature/{M}/{S}/400", False),
 ])
-def test_feature_errors_have_neuronpedias_shapes(client, emu, path):
-    _same(client.get(path), emu.get(path))
+def test_feature_errors_have_neuronpedias_shapes(client, path, access_denied):
+    r = client.get(path)
+    assert r.status_code == 404 and r.headers["content-type"].startswith("application/json")
+    assert r.json() == wire.not_found_body(access_denied=access_denied)
 
 
 def test_ids_are_validated_before_any_query(client):
     for path in [f"/api/feature/{M}/..%2F..%2Fetc/1", f"/api/feature/{M}/a'b/1", f"/api/feature/{M}/%00/1",
-                 f"/api/feature/{M}/{'x' * 300}/1"]:
+                 f"/api/feature/{M}/{'x' * 300}/1", f"/api/feature/{'x' * 600}/{S}/1"]:
         r = client.get(path)
         assert r.status_code == 404 and "error" in r.json(), path
-    assert client.get("/api/nothing-here").json() == {"error": "Not Found"}
+    r = client.get("/api/nothing-here")
+    assert r.status_code == 404 and r.json()["error"] == "Not Found"
 
 
 def test_post_features_matches_the_emulator(client, emu):
@@ -196,26 +206,44 @@ def test_post_features_matches_the_emulator(client, emu):
         # S2 is only synced by POST for 0..N_POST; everything requested is in the mirror or absent in both
         assert [(r["layer"], r["index"]) for r in mine.json()] == [(r["layer"], r["index"]) for r in theirs.json()]
         assert mine.json() == theirs.json(), emu_rows
-    for bad in ([], {}, [{"modelId": M}], [{"modelId": M, "layer": S, "index": "x"}], "nope"):
-        _same(client.post("/api/features", json=bad), emu.post("/api/features", json=bad))
+    for bad, message in (
+        ([], wire.UNKNOWN_ERROR),  # Neuronpedia: 500 (its own catch); bad input here
+        ({}, "this must be a `array` type, but the final value was: `{}`."),
+        ([{"modelId": M}], "[0].index is a required field"),
+        ([{"modelId": M, "layer": S, "index": "x"}],
+         "[0].index must be a `number` type, but the final value was: `NaN` (cast from the value `\"x\"`)."),
+        ("nope", "this must be a `array` type, but the final value was: `\"nope\"`."),
+        (None, wire.INVALID_JSON_BODY),
+    ):
+        r = client.post("/api/features", content=json.dumps(bad))
+        assert (r.status_code, r.json()) == (400, {"message": message}), bad
 
 
-def test_model_list_and_source_set_shapes(client, emu):
+def test_model_list_and_source_set_shapes(client, emu, emulator):
     mine, theirs = client.post("/api/model/list").json(), emu.post("/api/model/list").json()
     assert [m["id"] for m in mine] == [m["id"] for m in theirs]
-    set_keys = {"modelId", "name", "sources"}
+    set_keys = {"modelId", "name", "sources", "description", "urls", "hasDashboards"}
     for m_mine, m_theirs in zip(mine, theirs):
         assert [s["name"] for s in m_mine["sourceSets"]] == [s["name"] for s in m_theirs["sourceSets"]]
         for s in m_mine["sourceSets"]:
             assert set_keys <= set(s)
+            for src in s["sources"]:
+                assert tuple(src) == wire.MODEL_LIST_SOURCE_FIELDS
     src_mine = client.get(f"/api/source-set/{M}/res-jb").json()
     src_theirs = emu.get(f"/api/source-set/{M}/res-jb").json()
     assert [s["id"] for s in src_mine["sources"]] == [s["id"] for s in src_theirs["sources"]]
     by_id = {s["id"]: s for s in src_theirs["sources"]}
     for s in src_mine["sources"]:  # the stored source rows carry the served fields, same values
-        for key in ("id", "modelId", "setName", "saelensRelease", "saelensSaeId", "hfRepoId"):
+        for key in ("id", "modelId", "setName", "saelensRelease", "saelensSaeId", "hfRepoId", "saelensConfig"):
             assert s[key] == by_id[s["id"]][key]
-    _same(client.get(f"/api/source-set/{M}/nosuchset"), emu.get(f"/api/source-set/{M}/nosuchset"))
+    # the set row and the model row are the relations a synced GET body carried
+    stored = emulator.state.feature(M, S, _first_present(emulator))
+    for key in ("description", "urls", "releaseName", "type", "creatorName"):
+        assert src_mine[key] == stored["sourceSet"][key]
+    assert src_mine["model"] == {**src_mine["model"], **stored["model"]}
+    assert src_mine["releases"]["name"] == stored["sourceSet"]["releaseName"]
+    r = client.get(f"/api/source-set/{M}/nosuchset")
+    assert (r.status_code, r.content) == (200, b"null")
 
 
 def test_search_shape_ranking_and_paging(client, emu, emulator):
@@ -223,9 +251,11 @@ def test_search_shape_ranking_and_paging(client, emu, emulator):
     mine, theirs = client.post("/api/explanation/search", json=body), emu.post("/api/explanation/search", json=body)
     assert mine.status_code == theirs.status_code == 200
     m, t = mine.json(), theirs.json()
-    assert set(m) == set(t) and m["request"] == t["request"]
+    assert set(m) == set(t) and m["request"] == t["request"] == body
     assert m["results"], "the emulator's Monday feature is in the mirror"
     assert set(m["results"][0]) == set(t["results"][0])
+    assert set(m["results"][0]) == {"modelId", "layer", "index", "description", "explanationModelName",
+                                    "typeName", "cosine_similarity", "neuron"}
     assert all("monday" in r["description"].lower() for r in m["results"])
     scores = [r["cosine_similarity"] for r in m["results"]]
     assert scores == sorted(scores, reverse=True)
@@ -233,27 +263,40 @@ def test_search_shape_ranking_and_paging(client, emu, emulator):
     # paging: 20 a page, nextOffset continues
     wide = {"modelId": M, "layers": [S, S2], "query": "the of and tokens mentions"}
     page1 = client.post("/api/explanation/search", json=wide).json()
-    assert page1["resultsCount"] == len(page1["results"]) <= SEARCH_PAGE
+    assert page1["resultsCount"] == len(page1["results"]) <= wire.SEARCH_PAGE
+    assert ("nextOffset" in page1) == page1["hasMore"] == (len(page1["results"]) == wire.SEARCH_PAGE)
     if page1["hasMore"]:
         page2 = client.post("/api/explanation/search", json={**wide, "offset": page1["nextOffset"]}).json()
         assert {(r["layer"], r["index"], r["description"]) for r in page2["results"]}.isdisjoint(
             {(r["layer"], r["index"], r["description"]) for r in page1["results"]})
-    # validation errors match the emulator's
-    for bad in ({"modelId": M, "layers": [S]}, {"modelId": M, "query": "x"}, {"layers": [S], "query": "x"},
-                {"modelId": "nomodel", "layers": [S], "query": "x"}, {**body, "offset": -1}):
-        _same(client.post("/api/explanation/search", json=bad), emu.post("/api/explanation/search", json=bad))
+    # validation errors: wire's messages, 400 (never 500); an unknown model 404
+    for bad, status, message in (
+        ({"modelId": M, "layers": [S]}, 400, "query is a required field"),
+        ({"modelId": M, "query": "xyz"}, 400, "layers is a required field"),
+        ({"layers": [S], "query": "xyz"}, 400, "modelId is a required field"),
+        ({"modelId": M, "layers": [S], "query": "x"}, 400, "query must be at least 3 characters"),
+        ({**body, "offset": -1}, 400, wire.UNKNOWN_ERROR),
+    ):
+        r = client.post("/api/explanation/search", json=bad)
+        assert (r.status_code, r.json()) == (status, {"message": message}), bad
+    r = client.post("/api/explanation/search", json={"modelId": "nomodel", "layers": [S], "query": "xyz"})
+    assert r.status_code == 404 and "nomodel" in r.json()["message"]
 
 
 def test_search_never_runs_request_text_as_sql(client, app):
     before = app.state.reader.rows("SELECT count(*) AS n FROM features", [])[0]["n"]
-    for query in ["'; DROP TABLE features; --", "monday' OR '1'='1", "%", "_", "\\", "monday\") UNION SELECT 1 --"]:
-        r = client.post("/api/explanation/search", json={"modelId": M, "layers": [S, "x'); DROP TABLE features; --"],
+    for query in ["'; DROP TABLE features; --", "monday' OR '1'='1", "%%%", "___", "\\\\\\", "monday\") UNION SELECT 1 --"]:
+        # a layer of a known set (`res-jb`, cut at `__`) passes the set check and reaches the query
+        r = client.post("/api/explanation/search", json={"modelId": M, "layers": [S, "0-res-jb__x'); DROP TABLE features; --"],
                                                          "query": query})
         assert r.status_code == 200, (query, r.text)
         for hit in r.json()["results"]:
             assert hit["layer"] in (S, S2)
+        r = client.post("/api/explanation/search", json={"modelId": M + "'; DROP TABLE features; --", "layers": [S],
+                                                         "query": query})
+        assert r.status_code == 404, (query, r.text)
     # '%' and '_' are literals, not wildcards: no description contains them
-    assert client.post("/api/explanation/search", json={"modelId": M, "layers": [S], "query": "%"}).json()["results"] == []
+    assert client.post("/api/explanation/search", json={"modelId": M, "layers": [S], "query": "%%%"}).json()["results"] == []
     assert app.state.reader.rows("SELECT count(*) AS n FROM features", [])[0]["n"] == before
 
 
@@ -264,16 +307,17 @@ def test_search_by_regular_expression(client):
     assert any(h["description"] == "Monday" for h in hits)
     assert all(re.search("^mon.ay$", h["description"], re.I) for h in hits)
     bad = client.post("/api/explanation/search", json={"modelId": M, "layers": [S], "query": "(unclosed", "regex": True})
-    assert bad.status_code == 500 and "message" in bad.json()
+    assert bad.status_code == 400 and "message" in bad.json()
 
 
 def test_host_header_is_checked(app):
     with TestClient(app, base_url="http://evil.example:3000") as c:
-        assert c.get(f"/api/feature/{M}/{S}/1").status_code == 400
-        assert c.get("/").status_code == 400
+        for path in (f"/api/feature/{M}/{S}/1", "/"):
+            r = c.get(path)
+            assert r.status_code == 400 and "Invalid host header" in r.json()["message"]
     for host in ("localhost:3000", "127.0.0.1", "[::1]:3000"):
-        with TestClient(app, base_url=f"http://{host}") as c:
-            assert c.get(f"/api/feature/{M}/{S}/nope").status_code == 400  # reached the route (bad index)
+        with TestClient(app, base_url=f"http://{host}") as c:  # reached the route (no such feature)
+            assert c.get(f"/api/feature/{M}/{S}/nope").json() == wire.not_found_body(access_denied=False)
 
 
 def test_the_database_is_let_go_between_requests(client, app, mirror_path):
@@ -404,7 +448,7 @@ def test_untrusted_text_is_shown_not_run(evil_mirror):
 # --------------------------------------------------------------------------- real clients
 
 
-def test_official_neuronpedia_client_reads_a_feature(emulator, mirror_path):
+def test_official_neuronpedia_client_reads_a_feature_and_a_source_set(emulator, mirror_path):
     pytest.importorskip("neuronpedia", reason="pip install neuronpedia (dev extra)")
     if not _port_free(3000):
         pytest.skip("port 3000 is taken: the official client hardcodes http://localhost:3000/api with USE_LOCALHOST=true")
@@ -412,20 +456,31 @@ def test_official_neuronpedia_client_reads_a_feature(emulator, mirror_path):
     code = (
         "import json, sys\n"
         "from neuronpedia.np_sae_feature import SAEFeature\n"
+        "from neuronpedia.np_source_set import SourceSet\n"
         "f = SAEFeature.get(sys.argv[1], sys.argv[2], sys.argv[3])\n"
         "print('NPMIRROR ' + json.dumps({'modelId': f.modelId, 'source': f.source, 'index': f.index, 'data': json.loads(f.jsonData)}))\n"
+        "s = SourceSet.get(sys.argv[1], sys.argv[4])\n"
+        "print('NPSET ' + json.dumps({'name': s.name, 'model_id': s.model_id, 'description': s.description, 'url': s.url,\n"
+        "                             'sources': [(x.id, x.model_id, x.set_name) for x in s.sources]}))\n"
     )
     env = {**os.environ, "USE_LOCALHOST": "true", "NEURONPEDIA_API_KEY": "local-mirror"}
     with serve_process(mirror_path, 3000):
-        out = subprocess.run([sys.executable, "-c", code, M, S, str(i)], env=env, capture_output=True, text=True, timeout=60)
+        out = subprocess.run([sys.executable, "-c", code, M, S, str(i), "res-jb"], env=env, capture_output=True,
+                             text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    line = next(x for x in out.stdout.splitlines() if x.startswith("NPMIRROR "))  # the package prints too
-    got = json.loads(line[len("NPMIRROR "):])
+    lines = {x.split(" ", 1)[0]: json.loads(x.split(" ", 1)[1]) for x in out.stdout.splitlines()
+             if x.startswith(("NPMIRROR ", "NPSET "))}  # the package prints too
+    got = lines["NPMIRROR"]
     assert (got["modelId"], got["source"], got["index"]) == (M, S, str(i))
     from npclient.mirror import Mirror
 
     with Mirror(mirror_path, read_only=True) as mirror:
         assert got["data"] == mirror.feature(f"{M}/{S}/{i}").raw
+    sset = lines["NPSET"]
+    stored_set = emulator.state.feature(M, S, i)["sourceSet"]
+    assert (sset["name"], sset["model_id"], sset["description"]) == ("res-jb", M, stored_set["description"])
+    assert sset["url"] == (stored_set["urls"][0] if stored_set["urls"] else None)
+    assert sset["sources"] == [[S, M, "res-jb"], [S2, M, "res-jb"]]
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium + chromium-driver (/usr/bin/chromium absent)")

@@ -175,3 +175,13 @@ def test_orderings():
 ])
 def test_limit_bucket_is_the_last_one_charged(path, bucket):  # middleware.ts
     assert wire.limit_bucket(path) == bucket
+
+
+def test_search_echo_is_yups_cast():
+    """The search answer's `request`: the body itself when yup cast nothing; else yup's rebuilt
+    object, declared keys in reverse order first (app/api/explanation/search/route.tsx)."""
+    body = {"modelId": "m", "layers": ["0-a"], "query": "abc", "extra": 1}
+    assert wire.search_echo(body, wire.parse_search_body(body)) is body
+    cast = {"modelId": "m", "layers": [5], "query": 12345, "offset": "20", "extra": 1}
+    echo = wire.search_echo(cast, wire.parse_search_body(cast))
+    assert list(echo.items()) == [("offset", 20), ("query", "12345"), ("layers", ["5"]), ("modelId", "m"), ("extra", 1)]

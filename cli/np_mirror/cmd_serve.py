@@ -30,10 +30,11 @@ def serve(
     """Serve the mirror read-only over HTTP until Ctrl-C.
 
     Same routes and JSON as Neuronpedia (/api/feature/..., /api/features, /api/model/list,
-    /api/source-set/..., /api/explanation/search), decoder rows of attached weights under
-    /api/np-mirror/decoder/..., and pages at /{model}/{source} and /{model}/{source}/{index}.
-    The database is opened per request and let go of shortly after, so `sync` can still
-    write to it while this runs.
+    /api/source-set/..., /api/explanation/search, keyword-ranked: no embeddings offline),
+    decoder rows of attached weights under /api/np-mirror/decoder/..., and pages at
+    /{model}/{source} and /{model}/{source}/{index}. Bad requests get 400/404/405 with a JSON
+    body, never 500. The database is opened per request and let go of shortly after, so `sync`
+    can still write to it while this runs.
     """
     if not _is_loopback(host) and not allow_remote:
         raise fail(f"refusing to serve on {host}: not a loopback address (pass --allow-remote to expose the mirror)")

@@ -20,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from .api import _INT_RE, MirrorReader, _valid_source, json_response
+from .. import wire
+from .api import _INT_RE, MirrorReader, _stored_index, _valid_source
 
 __all__ = ["page_routes", "render_error", "visible_token", "TEMPLATES"]
 
@@ -47,6 +48,11 @@ def visible_token(token: Any) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def _finite(value: Any) -> bool:
+    """A number that can be drawn (stored exports may hold NaN and infinities)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _colour(value: Any, top: float) -> str:
@@ -91,9 +97,9 @@ def _histogram(raw: dict[str, Any], acts: list[dict[str, Any]]) -> dict[str, Any
     heights = raw.get("freq_hist_data_bar_heights") or []
     values = raw.get("freq_hist_data_bar_values") or []
     label = "activation density (Neuronpedia's histogram)"
-    pairs = [(float(x), float(h)) for x, h in zip(values, heights) if x is not None and h is not None]
+    pairs = [(float(x), float(h)) for x, h in zip(values, heights) if _finite(x) and _finite(h)]
     if not pairs:
-        vals = np.array([float(v) for a in acts for v in (a.get("values") or []) if v is not None and float(v) > 0])
+        vals = np.array([float(v) for a in acts for v in (a.get("values") or []) if _finite(v) and float(v) > 0])
         if vals.size == 0:
             return {"bars": [], "label": "no activation values stored"}
         counts, edges = np.histogram(vals, bins=min(40, max(5, int(vals.size ** 0.5))))
@@ -108,14 +114,14 @@ def _histogram(raw: dict[str, Any], acts: list[dict[str, Any]]) -> dict[str, Any
 
 
 def _activations(acts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    top = max([float(a.get("maxValue") or 0.0) for a in acts] + [0.0])
+    top = max([float(a["maxValue"]) for a in acts if _finite(a.get("maxValue"))] + [0.0])
     out = []
     for a in acts:
         tokens = a.get("tokens") or []
         values = a.get("values") or []
         max_at = a.get("maxValueTokenIndex")
         if not isinstance(max_at, int) and values:
-            numeric = [float(v) if v is not None else -math.inf for v in values]
+            numeric = [float(v) if _finite(v) else -math.inf for v in values]
             max_at = int(np.argmax(numeric))
         toks = []
         for i, tok in enumerate(tokens):
@@ -179,8 +185,7 @@ def feature_context(rd: MirrorReader, model_id: str, source_id: str, index: int)
     raw = rd.feature_raw(model_id, source_id, index)
     if raw is None:
         return None
-    acts = [a for a in (raw.get("activations") or []) if isinstance(a, dict)]
-    acts.sort(key=lambda a: -(a.get("maxValue") or 0.0))
+    acts = wire.rank_activations(a for a in (raw.get("activations") or []) if isinstance(a, dict))
     origin, neighbours = _neighbours(rd, model_id, source_id, index, raw)
     return {
         "model_id": model_id, "source_id": source_id, "index": index,
@@ -221,8 +226,7 @@ def source_context(rd: MirrorReader, model_id: str, source_id: str, offset: int,
     total = rd.rows("SELECT count(*) AS n FROM features WHERE model_id = ? AND source = ?", [model_id, source_id])[0]["n"]
     results = None
     if q:
-        found = rd.search(model_id, [source_id], q, 0)
-        results = found["results"]
+        results, _ = rd.search(model_id, [source_id], q, 0, neurons=False)
         features = []
     else:
         features = rd.rows('SELECT "index", top_explanation, max_act_approx, frac_nonzero FROM features '
@@ -250,8 +254,6 @@ async def index_page(request: Request) -> Response:
 
 async def source_page(request: Request) -> Response:
     model_id, source_id = request.path_params["model_id"], request.path_params["source_id"]
-    if model_id == "api":
-        return json_response({"error": "Not Found"}, 404)
     if model_id == "static" or _valid_source(model_id, source_id) is None:
         return render_error(404, "This page could not be found.")
     raw_offset = request.query_params.get("offset", "0")
@@ -265,16 +267,12 @@ async def source_page(request: Request) -> Response:
 
 async def feature_page(request: Request) -> Response:
     model_id, source_id = request.path_params["model_id"], request.path_params["source_id"]
-    raw_index = request.path_params["index"]
-    if model_id == "api":
-        return json_response({"error": "Not Found"}, 404)
-    if model_id == "static" or _valid_source(model_id, source_id) is None:
+    index = _stored_index(request.path_params["index"])
+    if model_id == "static" or _valid_source(model_id, source_id) is None or index is None:
         return render_error(404, "This page could not be found.")
-    if not _INT_RE.fullmatch(raw_index) or raw_index != str(int(raw_index)) or int(raw_index) >= 2**31:
-        return render_error(404, "This page could not be found.")
-    ctx = await run_in_threadpool(feature_context, _reader(request), model_id, source_id, int(raw_index))
+    ctx = await run_in_threadpool(feature_context, _reader(request), model_id, source_id, index)
     if ctx is None:
-        return render_error(404, f"The mirror has no feature {model_id}/{source_id}/{raw_index}.")
+        return render_error(404, f"The mirror has no feature {model_id}/{source_id}/{index}.")
     return render("feature.html", **ctx)
 
 

@@ -154,7 +154,7 @@ async def post_explanation_search(request: Request) -> Response:
     if req.model_id not in st.model_ids() or not sets <= set(st.set_names(req.model_id)):
         # lib/db/explanation.ts asserts access; the route's catch turns the 404 into this.
         return json_response({"message": wire.UNKNOWN_ERROR}, 500)
-    return json_response(st.search(req.model_id, req.layers, req.query, req.offset, request=raw))
+    return json_response(st.search(req.model_id, req.layers, req.query, req.offset, request=wire.search_echo(raw, req)))
 
 
 async def post_vector_get(request: Request) -> Response:

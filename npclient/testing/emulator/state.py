@@ -29,7 +29,7 @@ from .ratelimit import RateLimiter
 from ... import wire
 from ...wire import explanation_order_key
 
-__all__ = ["EmulatorState", "RequestRecord", "RequestLog", "cosine_topk", "SEARCH_PAGE", "OFFSET_PAGE", "search_page", "words", "collect_features_post"]
+__all__ = ["EmulatorState", "RequestRecord", "RequestLog", "cosine_topk", "SEARCH_PAGE", "OFFSET_PAGE", "words"]
 
 SEARCH_PAGE = wire.SEARCH_PAGE
 OFFSET_PAGE = 25
@@ -141,32 +141,9 @@ def _floats(a: np.ndarray, decimals: int = 4) -> list[float]:
 words = wire.words
 
 
-def search_page(model_id: str, layers: list[str], query: str, offset: int, total: int,
-                results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Transitional: `np-mirror serve` still imports this while it moves to `wire.search_page`."""
-    return wire.search_page({"modelId": model_id, "layers": layers, "query": query, "offset": offset}, results, offset)
-
-
 # --------------------------------------------------------------------------- request log
 
 
-
-def collect_features_post(
-    items: Sequence[tuple[str, str, int]], lookup: Callable[[str, str, int], dict[str, Any] | None]
-) -> list[dict[str, Any]]:
-    """What POST /api/features answers: found rows only, deduplicated, ordered by the position
-    of their *index alone* in the request (the real route's `findIndex` ignores model and layer)."""
-    found: dict[tuple[str, str, int], dict[str, Any]] = {}
-    for m, s, i in items:
-        if (m, s, i) in found:
-            continue
-        item = lookup(m, s, i)
-        if item is not None:
-            found[(m, s, i)] = item
-    first_pos: dict[int, int] = {}
-    for pos, (_, _, i) in enumerate(items):
-        first_pos.setdefault(i, pos)
-    return sorted(found.values(), key=lambda r: first_pos[int(r["index"])])
 
 @dataclass(slots=True)
 class RequestRecord:
