@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import duckdb
-import orjson
 import pyarrow as pa
 
 from .errors import QueryError
@@ -117,6 +116,8 @@ _EXPLANATION_FIELDS = {
 
 
 def _rows(cur: "duckdb.DuckDBPyConnection", table: str, fields: dict[str, str], key: str) -> list[dict[str, Any]]:
+    from . import jsonio
+
     cols = ", ".join(f'"{c}"' for c in fields)
     result = cur.execute(f'SELECT "index", {cols} FROM {table} WHERE feature_key = ? ORDER BY rank', [key])
     out = []
@@ -125,7 +126,7 @@ def _rows(cur: "duckdb.DuckDBPyConnection", table: str, fields: dict[str, str], 
         for (col, name), value in zip(fields.items(), row[1:]):
             if value is None:
                 continue
-            item[name] = orjson.loads(value) if col == "logit_contributions" else value
+            item[name] = jsonio.loads(value) if col == "logit_contributions" else value
         out.append(item)
     return out
 
@@ -136,10 +137,14 @@ def _from_export(cur: "duckdb.DuckDBPyConnection", key: str) -> Optional[Feature
     Exports carry no relations and no explanation scores, and the typed rows keep only the
     fields the README lists, so `.raw` here is the export's view of the feature.
     """
+    from . import jsonio
+
     found = cur.execute("SELECT export_raw FROM features WHERE feature_key = ? AND origin = 'export'", [key]).fetchall()
     if not found or found[0][0] is None:
         return None
-    raw = orjson.loads(found[0][0])
+    # Exports write NaN/Infinity as bare tokens (Python's json.dumps), which orjson refuses:
+    # jsonio reads them, and Feature.from_raw renders them null, as the API does.
+    raw = jsonio.loads(found[0][0])
     raw["activations"] = _rows(cur, "activations", _ACTIVATION_FIELDS, key)
     raw["explanations"] = _rows(cur, "explanations", _EXPLANATION_FIELDS, key)
     return Feature.from_raw(raw)

@@ -161,6 +161,8 @@ class SourceSetInfo(NPModelBase):
     description: Optional[str] = None
     type: Optional[str] = None
     sources: list[SourceInfo] = Field(default_factory=list)
+    #: GET /api/source-set includes the model row (lib/db/source.ts `getSourceSet`); model/list does not
+    model: Optional[ModelInfo] = None
 
 
 class Feature(NPModelBase):
@@ -232,6 +234,11 @@ class Feature(NPModelBase):
     @field_validator(
         "vector", "topk_cos_sim_indices", "topk_cos_sim_values", "pos_str", "neg_str",
         "pos_values", "neg_values", "activations", "explanations", "lists", "comments",
+        "freq_hist_data_bar_heights", "freq_hist_data_bar_values", "logits_hist_data_bar_heights",
+        "logits_hist_data_bar_values", "decoder_weights_dist", "neuron_alignment_indices",
+        "neuron_alignment_values", "neuron_alignment_l1", "correlated_neurons_indices",
+        "correlated_neurons_pearson", "correlated_neurons_l1", "correlated_features_indices",
+        "correlated_features_pearson", "correlated_features_l1",
         mode="before",
     )
     @classmethod

@@ -23,7 +23,7 @@ from .client import NeuronpediaClient
 from .errors import APIStatusError, NotFound, NPError, UnknownSourceError
 from .ids import FeatureId, SourceId, SourceSetId
 from .metacache import MetaCache
-from .models import Feature, SourceInfo, SourceSetInfo
+from .models import Feature, ModelInfo, SourceInfo, SourceSetInfo
 from .store import catalog
 from .store.database import Database
 from .store.writer import PARTS, FailureRow, FeatureRow, write_batch
@@ -76,6 +76,8 @@ class SourcePlan:
     info: Optional[SourceInfo]
     #: with `scores`: features in range still lacking scores (one GET each), else None
     scores_needed: Optional[int] = None
+    #: the model row the source-set listing carried (stored in the `models` table)
+    model: Optional[ModelInfo] = None
 
 
 @dataclass
@@ -89,6 +91,8 @@ class SourceSummary:
     export_note: str = ""
     export_failed: dict[str, str] = field(default_factory=dict)
     failed: Counter = field(default_factory=Counter)
+    #: features of the range stored before this run's export import (None: no export step)
+    present_before: Optional[int] = None
 
     @property
     def failed_total(self) -> int:
@@ -220,7 +224,7 @@ async def plan_sync(
                 scored = catalog.origin_indices(db, sid, start, stop, "get")
                 dead = set() if options.retry_failed else catalog.permanent_failures(db, sid, start, stop)
                 needed = (stop - start) - len(scored | dead)
-            plans.append(SourcePlan(sid, start, stop, origin, info, needed))
+            plans.append(SourcePlan(sid, start, stop, origin, info, needed, sset.model if sset else None))
     return plans
 
 
@@ -252,6 +256,9 @@ async def run_sync(
         on_plan(plans)
     started = time.monotonic()
     requests_before = client.requests_sent
+    models = {p.model.id: p.model for p in plans if p.model is not None}
+    if models:
+        catalog.save_models(db, list(models.values()))
     for plan in plans:
         catalog.save_source(
             db, plan.source, plan.info,
@@ -266,7 +273,10 @@ async def run_sync(
             summary.sources.append(part)
             refetch: set[int] = set()
             if exports is not None:
-                refetch = await _sync_export(plan, part, db=db, bucket=exports, cache=exports_cache, run_id=run_id)
+                # "already present" means present before this run, not what its export just imported
+                part.present_before = len(catalog.present_indices(db, plan.source, plan.start, plan.stop))
+                refetch = await _sync_export(plan, part, db=db, bucket=exports, cache=exports_cache, run_id=run_id,
+                                             options=options)
             if not options.exports_only:
                 await _sync_source(plan, part, db=db, client=client, options=options, run_id=run_id,
                                    progress=progress, refetch=refetch)
@@ -301,7 +311,7 @@ async def _sync_source(
     else:
         present = catalog.present_indices(db, sid, plan.start, plan.stop) - set(refetch)
     dead = set() if options.retry_failed else catalog.permanent_failures(db, sid, plan.start, plan.stop)
-    part.already_present = len(present)
+    part.already_present = len(present) if part.present_before is None else min(len(present), part.present_before)
     part.skipped_failed = len(dead - present)
     todo = [FeatureId(sid.model_id, sid.source, i) for i in wanted if i not in present and i not in dead]
     done = len(wanted) - len(todo)
@@ -363,22 +373,32 @@ async def _sync_source(
 
 
 async def _sync_export(
-    plan: SourcePlan, part: SourceSummary, *, db: Database, bucket: "ExportBucket", cache: Optional[Path], run_id: int
+    plan: SourcePlan, part: SourceSummary, *, db: Database, bucket: "ExportBucket", cache: Optional[Path], run_id: int,
+    options: Optional[SyncOptions] = None,
 ) -> set[int]:
-    """Import the source's export; return imported features the API must fetch again whole."""
-    from .exports.source_sync import activation_gaps, sync_source_export
+    """Import what the source's export holds of the plan's range and parts; return imported
+    features the API must fetch again whole.
+
+    With `--range`, only the export files that hold the range are downloaded, and only when
+    they cost less than the API requests the range needs (`exports/plan.py`); `--exports-only`
+    forces the exports, `--parts` leaves out the files of the other parts.
+    """
+    from .exports.source_sync import sync_source_export
     from .paths import exports_dir
 
-    before = len(catalog.present_indices(db, plan.source, plan.start, plan.stop))
-    outcome = await sync_source_export(bucket, db, plan.source, cache or exports_dir(), run_id=run_id)
-    part.export_note = outcome.reason or (outcome.download.summary() if outcome.download else "")
+    opts = options or SyncOptions()
+    scores = getattr(opts, "scores", False)  # --scores: the API GETs every feature not fetched by GET
+    outcome = await sync_source_export(
+        bucket, db, plan.source, cache or exports_dir(), run_id=run_id, start=plan.start, stop=plan.stop,
+        info=plan.info, ranged=opts.range is not None, parts=opts.parts,
+        method="get" if scores else opts.method, refresh=opts.refresh, retry_failed=opts.retry_failed,
+        api_features=getattr(plan, "scores_needed", None) if scores else None,
+        force="exports" if opts.exports_only else None,
+    )
+    part.export_note = outcome.note
     part.export_failed = dict(outcome.failed_files)
-    if not outcome.found:
-        return set()
-    part.imported = len(catalog.present_indices(db, plan.source, plan.start, plan.stop)) - before
-    if not any("/activations/" in key for key in outcome.failed_files):
-        return set()  # every activations batch is in: a feature without any is a dead feature
-    return activation_gaps(db, plan.source, plan.start, plan.stop)
+    part.imported = outcome.imported_features
+    return outcome.refetch
 
 
 def _failure(fid: FeatureId, error: NPError) -> FailureRow:

@@ -171,6 +171,9 @@ async def test_scores_refetch_unscored_features_by_get(np_emulator_factory, tmp_
     await _sync(server, db, [SourceId(*SRC)], range=(0, 30), method="post")
     status = {r["source"]: r for r in Mirror(path).status()}["gpt2-small/0-res-jb"]
     assert status["scored"] == 0 and status["thin"] == "scores" and status["explained"] > 0
+    # the source-set listing carries the model row (lib/db/source.ts): the mirror keeps it
+    assert Mirror(path).sql("SELECT model_id, display_name FROM models").to_pylist() == [
+        {"model_id": "gpt2-small", "display_name": "GPT2-Small"}]
     server.state.log.clear()
     plans = []
     async with NeuronpediaClient(server.url, budget=None, retry=FAST_RETRY) as client:
@@ -209,3 +212,12 @@ async def test_sync_of_a_neuron_layer_and_an_embedding_source(np_emulator_factor
     assert [s.fetched for s in summary.sources] == [30, 30]
     body = orjson.loads(server.state.feature_bytes("gpt2-small", "5", 3))
     assert body["sourceSetName"] == "neurons" and body["sourceSet"]["name"] == "neurons"
+
+
+def test_null_arrays_read_as_empty():
+    """Postgres arrays can be NULL in an export record (export-data.py dumps the row as is)."""
+    from npclient.models import Feature
+
+    f = Feature.model_validate({"modelId": "m", "layer": "0-a", "index": "1", "freq_hist_data_bar_values": None,
+                                "neuron_alignment_indices": None, "decoder_weights_dist": None})
+    assert f.freq_hist_data_bar_values == () and f.neuron_alignment_indices == () and f.decoder_weights_dist == ()

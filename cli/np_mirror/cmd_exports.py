@@ -14,12 +14,14 @@ from .output import hint
 
 
 def import_(
-    path: Annotated[Path, typer.Argument(help="A dump on disk: one source folder, or a tree of models and sources (as `aws s3 sync --no-sign-request s3://neuronpedia-datasets/v1 DIR` leaves it).", show_default=False)],
+    path: Annotated[Path, typer.Argument(help="A dump on disk: one source folder (whatever its name: the source is read from its source.jsonl or its records), or a tree of models and sources (as `aws s3 sync --no-sign-request s3://neuronpedia-datasets/v1 DIR` leaves it).", show_default=False)],
     db: DbOpt = None,
 ) -> None:
     """Import Neuronpedia bulk-export batches already on disk, at disk speed.
 
-    Batches already imported are skipped; a corrupt batch is reported and commits nothing.
+    Each source folder is imported under the id its own files give (`source.jsonl`'s `modelId`
+    and `id`, else the first record's `modelId` and `layer`), not its folder names. Batches
+    already imported are skipped; a corrupt batch is reported and commits nothing.
     """
     from npclient.exports.importer import find_source_dirs, import_source_dir
 

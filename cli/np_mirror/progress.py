@@ -90,7 +90,9 @@ class SyncDisplay:
         for s in summary.sources:
             failed = ", ".join(f"{k}: {v}" for k, v in sorted(s.failed.items())) or "none"
             if s.export_note:
-                lines.append(f"{s.source}: export: {s.export_note}" + (f"; {s.imported} features imported" if s.imported else ""))
+                # the plan's note already says "exports: ..." or "API: ..." (with its numbers)
+                note = s.export_note if s.export_note.startswith(("exports:", "API:")) else f"export: {s.export_note}"
+                lines.append(f"{s.source}: {note}" + (f"; {s.imported} features imported" if s.imported else ""))
             for key, reason in sorted(s.export_failed.items()):
                 lines.append(f"  export file failed: {key}: {reason}")
             lines.append(
