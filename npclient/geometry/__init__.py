@@ -7,21 +7,19 @@
 Importing this package imports torch; `import npclient` does not import it.
 Device: CUDA, then MPS, then CPU unless `device=` says otherwise; float32 by default
 (TF32 off on CUDA), `dtype="bfloat16"`/`"float16"` on request (meant for GPUs).
+
+The search, by job: `topk` (queries vs keys; conventions), `symmetric` (all pairs), `merge`
+(`TopK`, `merge_topk`), `dense` and `heap_kernel` (the selections), `blocks` (shared helpers),
+`threads` (torch's thread count). `knn` is their old single module, kept as a facade.
 """
 
 from __future__ import annotations
 
+from .blocks import default_block_rows
 from .device import as_float32, normalize_rows, pick_device, resolve_dtype
-from .knn import (
-    TopK,
-    all_pairs_topk,
-    default_block_rows,
-    feature_topk,
-    match_sources,
-    merge_topk,
-    query_topk,
-    topk_cosine,
-)
+from .merge import TopK, merge_topk
+from .symmetric import all_pairs_topk
+from .topk import feature_topk, match_sources, query_topk, topk_cosine
 
 __all__ = [
     "TopK",

@@ -84,7 +84,7 @@ def neighbors(mirror: "Mirror", feature: FeatureIdLike, k: int = 10, *, against:
     Within its own source a stored all-pairs table is reused when it holds k neighbours;
     otherwise one exact blocked query runs against the decoder.
     """
-    from .knn import feature_topk, topk_cosine
+    from .topk import feature_topk, topk_cosine
 
     fid = FeatureId.coerce(feature)
     sid = fid.source_id
@@ -114,7 +114,7 @@ def neighbors(mirror: "Mirror", feature: FeatureIdLike, k: int = 10, *, against:
 def all_pairs(mirror: "Mirror", source: SourceLike, k: int = 25, *, device: Any = None, dtype: Any = None,
               progress: Progress = None) -> int:
     """Every feature's k nearest neighbours (self first), stored in `neighbors`; returns rows written."""
-    from .knn import all_pairs_topk
+    from .symmetric import all_pairs_topk
 
     sid = _sid(source)
     W = _decoder(mirror, sid, device)
@@ -125,7 +125,7 @@ def all_pairs(mirror: "Mirror", source: SourceLike, k: int = 25, *, device: Any 
 def match(mirror: "Mirror", source_a: SourceLike, source_b: SourceLike, k: int = 1, *, device: Any = None,
           progress: Progress = None) -> pa.Table:
     """For each feature of A its k best decoder matches in B (feature splitting across widths), stored in `matches`."""
-    from .knn import topk_cosine
+    from .topk import topk_cosine
 
     a, b = _sid(source_a), _sid(source_b)
     WA, WB = _decoder(mirror, a, device), _decoder(mirror, b, device)
