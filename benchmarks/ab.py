@@ -1,10 +1,10 @@
 """Before and after, side by side in one run: a benchmark against the code of another revision.
 
-    .venv/bin/python benchmarks/ab.py --base REV [--rounds 3] [--only client,store,import]
+    .venv/bin/python benchmarks/ab.py --base REV [--head REV] [--rounds 3] [--only client,store,import]
 
 For each benchmark, each round runs the *same* benchmark script (this tree's) twice, once
-importing `npclient` from a `git worktree` of REV ("before") and once from this tree
-("after"), alternating which goes first, so both see the same machine load. It prints each
+importing `npclient` from a `git worktree` of REV ("before") and once from this tree or a
+worktree of `--head` ("after"), alternating which goes first, so both see the same machine load. It prints each
 figure per side (best and median of the rounds) and after/before, and appends nothing by
 itself: copy what you quote into RESULTS.md.
 
@@ -73,13 +73,15 @@ def pick(data: dict, path: tuple[str, ...]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", required=True, help="the 'before' revision (e.g. a commit or HEAD~5)")
+    ap.add_argument("--head", help="the 'after' revision (default: this working tree, uncommitted changes included)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default=",".join(BENCHES), help="comma list of: " + ", ".join(BENCHES))
     ap.add_argument("--json", type=Path, help="also write every figure here")
     args = ap.parse_args()
     before = worktree(args.base)
-    sides = {"before": before, "after": REPO}
-    print(f"before: {args.base} at {before}\nafter:  this tree ({REPO})")
+    after = worktree(args.head) if args.head else REPO
+    sides = {"before": before, "after": after}
+    print(f"before: {args.base} at {before}\nafter:  {args.head or 'this tree'} at {after}")
     report: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
@@ -89,7 +91,7 @@ def main() -> None:
             if name == "import":  # one dump for both sides, written by this tree's emulator
                 dump = tmp_path / "dump"
                 subprocess.run([sys.executable, str(HERE / script), "--dir", str(dump), "--write-only"],
-                               env={**os.environ, "PYTHONPATH": str(REPO)}, check=True, cwd=str(HERE))
+                               env={**os.environ, "PYTHONPATH": str(after)}, check=True, cwd=str(HERE))
                 extra += ["--dir", str(dump)]
             values: dict[str, dict[str, list[float]]] = {s: {f: [] for f in figures} for s in sides}
             for r in range(args.rounds):
