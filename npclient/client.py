@@ -141,6 +141,7 @@ class NeuronpediaClient:
             path: Pacer(b, cooldown_s=cooldown_s, clock=clock, sleep=sleep, name=path)
             for path, b in budgets.items()
         } if budget is not None else {}
+        self._paced_prefixes = tuple(self.endpoint_pacers)
         self._post_supported = True
         self.requests_sent = 0
 
@@ -178,9 +179,10 @@ class NeuronpediaClient:
         the last pacer here is always the one to tighten from that header.
         """
         pacers = [self.pacer] if self.pacer is not None else []
-        bucket = self.endpoint_pacers.get(wire.limit_bucket(path))
-        if bucket is not None:
-            pacers.append(bucket)
+        if self.endpoint_pacers and path.lower().startswith(self._paced_prefixes):
+            bucket = self.endpoint_pacers.get(wire.limit_bucket(path))
+            if bucket is not None:
+                pacers.append(bucket)
         return pacers
 
     async def _send(
@@ -247,8 +249,10 @@ class NeuronpediaClient:
         if remaining is not None and remaining.strip().lstrip("-").isdigit() and pacers:
             # The header counts the last bucket charged: a search reports the 200/h search
             # bucket, never the 25,000/h one, so it must not shrink the feature budget.
-            reported = wire.limit_bucket(path)
-            target = pacers[-1] if pacers[-1].name == reported else (pacers[0] if reported in ("/", "/api") else None)
+            if len(pacers) == 1:  # no tight bucket of ours matches: the header counts `/api`
+                target: Optional[Pacer] = pacers[0] if wire.limit_bucket(path) in ("/", "/api") else None
+            else:
+                target = pacers[-1]
             if target is not None:
                 target.observe_remaining(int(remaining))
         return response.content

@@ -1,32 +1,51 @@
-"""`Mirror`: the researcher's handle on the local database.
+"""`Mirror`: the researcher's handle on the local database, and the one way in for everything else.
 
-It reads what `sync` wrote: `feature(id)` gives back the same `Feature` the client returned,
+It reads what a sync wrote: `feature(id)` gives back the same `Feature` the client returned,
 with `.raw` equal to what the server sent; `features(source)` and `sql(...)` give Arrow
-tables. The file is opened per use and released after `linger_s` of idleness (see
+tables. It also does the work that fills the mirror (`sync`, `import_`, `attach_weights`) and
+hands the rest of the package typed access to the file (`store`): geometry, serve and the CLI
+reach the mirror through here and never hold a connection themselves.
+
+The file is opened per use and released after `linger_s` of idleness (see
 `store/database.py`), so a sync in another process can still write between reads.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar, Union
 
 import duckdb
 import pyarrow as pa
 
 from .errors import QueryError
-from .ids import FeatureId, FeatureIdLike, SourceId
+from .ids import FeatureId, FeatureIdLike, SourceId, SourceSetId, parse_target
 from .models import Feature
-from .store import rawblob
-from .store.catalog import status_rows
+from .store import Store
 from .store.database import Database
 from .store.writer import feature_key
 
+if TYPE_CHECKING:
+    from .store.importer import ImportReport
+    from .store.weights import WeightsRecord
+    from .sync import ProgressFn, SourcePlan, SyncSummary
+
 __all__ = ["Mirror"]
+
+T = TypeVar("T")
+Target = Union[str, SourceId, SourceSetId]
 
 
 class Mirror:
-    """The local mirror at `path` (default `$NP_MIRROR_HOME/mirror.duckdb`)."""
+    """The local mirror at `path` (default `$NP_MIRROR_HOME/mirror.duckdb`).
+
+    >>> mirror = Mirror()
+    >>> mirror.sync("gpt2-small/0-res-jb", range=(0, 100))      # exports first, then the API
+    >>> mirror.feature("gpt2-small/0-res-jb/3").top_explanation
+    """
 
     def __init__(
         self,
@@ -38,6 +57,8 @@ class Mirror:
         on_wait: Optional[Callable[[str], None]] = None,
     ) -> None:
         self.db = Database(path, read_only=read_only, wait_s=wait_s, linger_s=linger_s, on_wait=on_wait)
+        #: typed reads and writes of the file (what geometry and serve use; no SQL outside `store/`)
+        self.store = Store(self.db)
 
     @property
     def path(self) -> Path:
@@ -55,17 +76,18 @@ class Mirror:
     def close(self) -> None:
         self.db.close()
 
-    # ---- features ----------------------------------------------------------------------
+    # ---- reading ---------------------------------------------------------------------------
     def feature(self, feature: FeatureIdLike) -> Optional[Feature]:
         """The stored feature, as the client returned it; `None` if the mirror lacks it."""
-        fid = FeatureId.coerce(feature)
-        with self.db.connect() as cur:
-            chunks = cur.execute(
-                "SELECT chunk FROM raw_chunks WHERE feature_key = ? ORDER BY seq", [feature_key(fid)]
-            ).fetchall()
-            if chunks:
-                return Feature.from_json(rawblob.unpack(c[0] for c in chunks))
-            return _from_export(cur, feature_key(fid))
+        key = feature_key(FeatureId.coerce(feature))
+        body = self.store.raw_body(key)
+        if body is not None:
+            return Feature.from_json(body)
+        # An imported feature: exports carry no relations and no scores, and the typed rows keep
+        # the fields the README lists, so `.raw` is the export's view of the feature; NaN and
+        # Infinity (bare tokens in exports) read as floats and render as null, as the API does.
+        raw = self.store.export_feature(key)
+        return None if raw is None else Feature.from_raw(raw)
 
     def features(self, source: SourceId | str, columns: Optional[Sequence[str]] = None) -> pa.Table:
         """One row per stored feature of `source`, in index order, as an Arrow table."""
@@ -84,8 +106,12 @@ class Mirror:
             except duckdb.Error as exc:
                 raise QueryError(str(exc).strip().splitlines()[0]) from None
 
+    def status(self) -> list[dict[str, Any]]:
+        """Per source: features present / total, explained, scored, failures, thin columns."""
+        return self.store.status()
+
     def decoder(self, source: SourceId | str, device: Optional[str] = None, dtype: Optional[str] = None) -> Any:
-        """The attached decoder (`np-mirror weights add`) as a torch tensor, d_sae x d_in, memory-mapped.
+        """The attached decoder (`attach_weights`) as a torch tensor, d_sae x d_in, memory-mapped.
 
         Row i is feature i of `source`; torch loads only here.
         """
@@ -93,58 +119,116 @@ class Mirror:
 
         return decoder(self.db, source, device=device, dtype=dtype)
 
-    def status(self) -> list[dict[str, Any]]:
-        """Per source: features present / total, activations, explanations, failures, last fetch."""
-        return status_rows(self.db)
+    # ---- filling ---------------------------------------------------------------------------
+    def sync(
+        self,
+        *targets: Target,
+        range: Optional[tuple[int, int]] = None,  # noqa: A002 - the CLI's --range
+        parts: Sequence[str] = ("features", "activations", "explanations"),
+        max_acts: Optional[int] = None,
+        full: bool = False,
+        scores: bool = False,
+        refresh: bool = False,
+        retry_failed: bool = False,
+        exports: bool = True,
+        exports_only: bool = False,
+        base_url: Optional[str] = None,
+        exports_url: Optional[str] = None,
+        rate: Optional[float] = None,
+        concurrency: int = 8,
+        progress: Optional["ProgressFn"] = None,
+        on_plan: Optional[Callable[[list["SourcePlan"]], None]] = None,
+        client: Any = None,
+    ) -> "SyncSummary":
+        """Mirror sources (`gpt2-small/0-res-jb`) or source sets (`gpt2-small/res-jb`).
+
+        Exports first (unless `exports=False`), then the API for what is missing; resumable,
+        polite (`rate` requests a second, else 90% of Neuronpedia's hourly budget). Works in a
+        script and inside Jupyter's running event loop alike. `client` passes your own
+        `NeuronpediaClient` (its settings win over `base_url`/`rate`/`concurrency`).
+
+        >>> summary = Mirror().sync("gpt2-small/0-res-jb", range=(0, 50))
+        >>> summary.fetched, summary.exit_code
+        """
+        from .sync import SyncOptions, run_sync
+
+        parsed = [t if isinstance(t, (SourceId, SourceSetId)) else parse_target(t) for t in targets]
+        options = SyncOptions(range=range, parts=tuple(parts), max_acts=max_acts, method="get" if full else "post",
+                              refresh=refresh, retry_failed=retry_failed, exports_only=exports_only, scores=scores)
+
+        async def go() -> "SyncSummary":
+            from contextlib import AsyncExitStack
+
+            from .metacache import MetaCache
+
+            async with AsyncExitStack() as stack:
+                own = client or await stack.enter_async_context(_make_client(base_url, rate, concurrency))
+                bucket = None
+                if exports:
+                    from .exports import ExportBucket
+
+                    bucket = await stack.enter_async_context(ExportBucket(exports_url))
+                return await run_sync(parsed, db=self.db, client=own, options=options, meta=MetaCache(),
+                                      progress=progress, exports=bucket, on_plan=on_plan)
+
+        return _run_blocking(go())
+
+    def import_(self, path: str | Path, *, run_id: Optional[int] = None) -> list["ImportReport"]:
+        """Import a bulk-export dump already on disk: one source folder or a tree of them.
+
+        >>> [r.rows for r in Mirror().import_("~/dumps/v1")]
+        """
+        from .exports.files import find_source_dirs
+        from .store.importer import import_source_dir
+
+        return [import_source_dir(self.db, folder, sid, run_id=run_id)
+                for sid, folder in find_source_dirs(Path(path).expanduser())]
+
+    def attach_weights(self, source: SourceId | str, **kwargs: Any) -> "WeightsRecord":
+        """Attach an SAE's decoder to a mirrored source (row i = feature i); see `weights.attach`
+        for the arguments (`path=`, `tensor=`, `transpose=`, `release=`/`sae_id=`, `dtype=`).
+
+        >>> Mirror().attach_weights("gpt2-small/7-res-jb", path="./my-sae")
+        """
+        from .weights import attach
+
+        return attach(self.db, source, **kwargs)
+
+    def export_parquet(self, out_dir: str | Path, sources: Optional[Sequence[SourceId | str]] = None) -> dict[str, int]:
+        """Write the mirror as a hive-partitioned Parquet dataset (`table/model=/source=/`);
+        returns rows written per table."""
+        sids = [s if isinstance(s, SourceId) else SourceId.parse(s) for s in sources] if sources else None
+        return self.store.export_parquet(Path(out_dir), sids)
 
 
-# API names of the typed activation and explanation columns, for rebuilding imported features.
-_ACTIVATION_FIELDS = {
-    "activation_id": "id", "model_id": "modelId", "source": "layer", "tokens": "tokens", "values": "values",
-    "max_value": "maxValue", "max_value_token_index": "maxValueTokenIndex", "min_value": "minValue",
-    "data_source": "dataSource", "data_index": "dataIndex", "creator_id": "creatorId", "created_at": "createdAt",
-    "dfa_values": "dfaValues", "dfa_max_value": "dfaMaxValue", "dfa_target_index": "dfaTargetIndex",
-    "loss_values": "lossValues", "logit_contributions": "logitContributions", "bin_min": "binMin",
-    "bin_max": "binMax", "bin_contains": "binContains", "qualifying_token_index": "qualifyingTokenIndex",
-}
-_EXPLANATION_FIELDS = {
-    "explanation_id": "id", "model_id": "modelId", "source": "layer", "description": "description",
-    "explanation_model_name": "explanationModelName", "type_name": "typeName", "author_id": "authorId",
-    "umap_x": "umap_x", "umap_y": "umap_y", "umap_cluster": "umap_cluster",
-    "umap_log_feature_sparsity": "umap_log_feature_sparsity",
-}
+def _make_client(base_url: Optional[str], rate: Optional[float], concurrency: int) -> Any:
+    from .client import NeuronpediaClient
+    from .pacing import DEFAULT_BUDGET, Budget
+
+    budget = Budget.per_second(rate) if rate is not None else DEFAULT_BUDGET
+    return NeuronpediaClient(base_url, budget=budget, concurrency=concurrency)
 
 
-def _rows(cur: "duckdb.DuckDBPyConnection", table: str, fields: dict[str, str], key: str) -> list[dict[str, Any]]:
-    from . import jsonio
+def _run_blocking(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to its end from synchronous code: on this thread when no event loop runs
+    here, else (Jupyter) on a private loop in a helper thread, waiting for it."""
+    from .aio import run
 
-    cols = ", ".join(f'"{c}"' for c in fields)
-    result = cur.execute(f'SELECT "index", {cols} FROM {table} WHERE feature_key = ? ORDER BY rank', [key])
-    out = []
-    for row in result.fetchall():
-        item = {"index": str(row[0])}
-        for (col, name), value in zip(fields.items(), row[1:]):
-            if value is None:
-                continue
-            item[name] = jsonio.loads(value) if col == "logit_contributions" else value
-        out.append(item)
-    return out
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return run(coro)
+    box: dict[str, Any] = {}
 
+    def target() -> None:
+        try:
+            box["value"] = run(coro)
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread
+            box["error"] = exc
 
-def _from_export(cur: "duckdb.DuckDBPyConnection", key: str) -> Optional[Feature]:
-    """An imported feature: its export record plus its activation and explanation rows.
-
-    Exports carry no relations and no explanation scores, and the typed rows keep only the
-    fields the README lists, so `.raw` here is the export's view of the feature.
-    """
-    from . import jsonio
-
-    found = cur.execute("SELECT export_raw FROM features WHERE feature_key = ? AND origin = 'export'", [key]).fetchall()
-    if not found or found[0][0] is None:
-        return None
-    # Exports write NaN/Infinity as bare tokens (Python's json.dumps), which orjson refuses:
-    # jsonio reads them, and Feature.from_raw renders them null, as the API does.
-    raw = jsonio.loads(found[0][0])
-    raw["activations"] = _rows(cur, "activations", _ACTIVATION_FIELDS, key)
-    raw["explanations"] = _rows(cur, "explanations", _EXPLANATION_FIELDS, key)
-    return Feature.from_raw(raw)
+    thread = threading.Thread(target=target, name="np-mirror-sync", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]

@@ -9,6 +9,7 @@ models lag the API.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import orjson
@@ -29,6 +30,12 @@ __all__ = [
     "SearchResult",
     "SearchPage",
     "VectorInfo",
+    "Column",
+    "TABLE_COLUMNS",
+    "FEATURE_COLUMNS",
+    "ACTIVATION_COLUMNS",
+    "EXPLANATION_COLUMNS",
+    "payload_fields",
 ]
 
 OptFloat = Optional[float]
@@ -228,8 +235,13 @@ class Feature(NPModelBase):
     @classmethod
     def _top_first(cls, acts: list[Activation]) -> list[Activation]:
         """Rank 0 is the largest `maxValue` (ties by id) whatever order the server sent:
-        GET sends them so, POST /api/features unordered unless asked for the top N."""
-        return wire.rank_activations(acts, max_value="max_value", ident="id")
+        GET sends them so (checked in one pass, the common case), POST /api/features
+        unordered unless asked for the top N (sorted)."""
+        for before, after in zip(acts, acts[1:]):
+            b, a = before.max_value, after.max_value
+            if b is None or a is None or b != b or a != a or b < a or (b == a and (before.id or "") > (after.id or "")):
+                return wire.rank_activations(acts, max_value="max_value", ident="id")
+        return acts
 
     @field_validator(
         "vector", "topk_cos_sim_indices", "topk_cos_sim_values", "pos_str", "neg_str",
@@ -321,3 +333,114 @@ class VectorInfo(NPModelBase):
 
 
 ModelInfo.model_rebuild()
+
+
+# --------------------------------------------------------------------------- the column map
+# One map from Neuronpedia's payload fields to the mirror's columns and their DuckDB types.
+# The store's DDL, the writer's Arrow schemas, the export importer's `read_json` columns, the
+# rebuilding of imported features and the Parquet export all read it (tests/test_one_map.py).
+
+
+@dataclass(frozen=True)
+class Column:
+    """A mirror column: its `name`, DuckDB `sql` type, and the payload field it holds (`api`,
+    None for the mirror's own bookkeeping)."""
+
+    name: str
+    sql: str
+    api: Optional[str] = None
+
+    @property
+    def base_type(self) -> str:
+        """The type without constraints (`INTEGER NOT NULL` -> `INTEGER`)."""
+        return self.sql.replace(" NOT NULL", "")
+
+
+def _key_columns() -> tuple[Column, ...]:
+    return (
+        Column("feature_key", "VARCHAR NOT NULL"),
+        Column("model_id", "VARCHAR NOT NULL", "modelId"),
+        Column("source", "VARCHAR NOT NULL", "layer"),
+        Column("index", "INTEGER NOT NULL", "index"),
+    )
+
+
+FEATURE_COLUMNS: tuple[Column, ...] = (
+    *_key_columns(),
+    Column("origin", "VARCHAR NOT NULL"),
+    Column("max_act_approx", "DOUBLE", "maxActApprox"),
+    Column("frac_nonzero", "DOUBLE", "frac_nonzero"),
+    Column("hook_name", "VARCHAR", "hookName"),
+    Column("has_vector", "BOOLEAN", "hasVector"),
+    Column("umap_x", "DOUBLE", "umap_x"),
+    Column("umap_y", "DOUBLE", "umap_y"),
+    Column("umap_cluster", "INTEGER", "umap_cluster"),
+    Column("umap_log_feature_sparsity", "DOUBLE", "umap_log_feature_sparsity"),
+    Column("topk_cos_sim_indices", "INTEGER[]", "topkCosSimIndices"),
+    Column("topk_cos_sim_values", "DOUBLE[]", "topkCosSimValues"),
+    Column("pos_str", "VARCHAR[]", "pos_str"),
+    Column("pos_values", "DOUBLE[]", "pos_values"),
+    Column("neg_str", "VARCHAR[]", "neg_str"),
+    Column("neg_values", "DOUBLE[]", "neg_values"),
+    Column("n_activations", "INTEGER"),
+    Column("n_explanations", "INTEGER"),
+    Column("top_explanation", "VARCHAR"),
+    Column("run_id", "BIGINT"),
+    Column("fetched_at", "TIMESTAMP"),
+    # An imported feature's record exactly as the export had it (API features keep theirs in raw_chunks).
+    Column("export_raw", "JSON"),
+)
+
+ACTIVATION_COLUMNS: tuple[Column, ...] = (
+    *_key_columns(),
+    Column("rank", "INTEGER NOT NULL"),
+    Column("activation_id", "VARCHAR", "id"),
+    Column("tokens", "VARCHAR[]", "tokens"),
+    Column("values", "DOUBLE[]", "values"),
+    Column("max_value", "DOUBLE", "maxValue"),
+    Column("max_value_token_index", "INTEGER", "maxValueTokenIndex"),
+    Column("min_value", "DOUBLE", "minValue"),
+    Column("data_source", "VARCHAR", "dataSource"),
+    Column("data_index", "VARCHAR", "dataIndex"),
+    Column("creator_id", "VARCHAR", "creatorId"),
+    Column("created_at", "VARCHAR", "createdAt"),
+    Column("dfa_values", "DOUBLE[]", "dfaValues"),
+    Column("dfa_max_value", "DOUBLE", "dfaMaxValue"),
+    Column("dfa_target_index", "INTEGER", "dfaTargetIndex"),
+    Column("loss_values", "DOUBLE[]", "lossValues"),
+    Column("logit_contributions", "JSON", "logitContributions"),
+    Column("bin_min", "DOUBLE", "binMin"),
+    Column("bin_max", "DOUBLE", "binMax"),
+    Column("bin_contains", "DOUBLE", "binContains"),
+    Column("qualifying_token_index", "INTEGER", "qualifyingTokenIndex"),
+    Column("origin", "VARCHAR NOT NULL"),
+)
+
+EXPLANATION_COLUMNS: tuple[Column, ...] = (
+    *_key_columns(),
+    Column("rank", "INTEGER NOT NULL"),
+    Column("explanation_id", "VARCHAR", "id"),
+    Column("description", "VARCHAR", "description"),
+    Column("explanation_model_name", "VARCHAR", "explanationModelName"),
+    Column("type_name", "VARCHAR", "typeName"),
+    Column("scores", "JSON", "scores"),
+    Column("author_id", "VARCHAR", "authorId"),
+    Column("embedding", "FLOAT[]", "embedding"),
+    Column("umap_x", "DOUBLE", "umap_x"),
+    Column("umap_y", "DOUBLE", "umap_y"),
+    Column("umap_cluster", "INTEGER", "umap_cluster"),
+    Column("umap_log_feature_sparsity", "DOUBLE", "umap_log_feature_sparsity"),
+    Column("origin", "VARCHAR NOT NULL"),
+)
+
+#: table -> its columns, in order: THE map.
+TABLE_COLUMNS: dict[str, tuple[Column, ...]] = {
+    "features": FEATURE_COLUMNS,
+    "activations": ACTIVATION_COLUMNS,
+    "explanations": EXPLANATION_COLUMNS,
+}
+
+
+def payload_fields(table: str) -> dict[str, str]:
+    """column name -> payload field, for the columns of `table` that hold one."""
+    return {c.name: c.api for c in TABLE_COLUMNS[table] if c.api is not None}

@@ -17,14 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Optional, Union
 
-import orjson
 
 from .client import NeuronpediaClient
 from .errors import APIStatusError, NotFound, NPError, UnknownSourceError
 from .ids import FeatureId, SourceId, SourceSetId
 from .metacache import MetaCache
 from .models import Feature, ModelInfo, SourceInfo, SourceSetInfo
-from .store import catalog
+from .store import catalog, runs
 from .store.database import Database
 from .store.writer import PARTS, FailureRow, FeatureRow, write_batch
 
@@ -410,21 +409,13 @@ def _failure(fid: FeatureId, error: NPError) -> FailureRow:
 
 
 def _start_run(db: Database, targets: Sequence[Target], options: SyncOptions) -> int:
-    with db.transaction() as cur:
-        run_id = cur.execute("SELECT nextval('sync_run_ids')").fetchall()[0][0]
-        cur.execute(
-            "INSERT INTO sync_runs (run_id, targets, options, status) VALUES (?, ?, ?, 'running')",
-            [run_id, " ".join(str(t) for t in targets), orjson.dumps(repr(options)).decode()],
-        )
-    return int(run_id)
+    from dataclasses import asdict
+
+    return runs.start_run(db, " ".join(str(t) for t in targets), asdict(options))
 
 
 def _finish_run(db: Database, summary: SyncSummary) -> None:
     status = "interrupted" if summary.interrupted else ("failures" if summary.failed else "ok")
-    with db.transaction() as cur:
-        cur.execute(
-            """UPDATE sync_runs SET finished_at = current_timestamp, status = ?, fetched = ?, present = ?,
-                   failed = ?, requests = ? WHERE run_id = ?""",
-            [status, summary.fetched, sum(s.already_present for s in summary.sources), summary.failed,
-             summary.requests, summary.run_id],
-        )
+    runs.finish_run(db, summary.run_id, status=status, fetched=summary.fetched,
+                    present=sum(s.already_present for s in summary.sources), failed=summary.failed,
+                    requests=summary.requests)

@@ -290,25 +290,21 @@ def test_a_row_in_two_batches_is_stored_once(tmp_path):
     assert contents(mirror.db.path, mirror) == before
 
 
-def test_duplicates_an_older_version_stored_are_removed_once(tmp_path):
+def test_the_declared_key_refuses_a_second_row_for_one_explanation(tmp_path):
+    """Schema v2 declares explanation ids unique: what an older importer could double is now
+    refused by the store itself (the v1 -> v2 migration folds the old doubles: test_migration)."""
+    import duckdb
+
     state = EmulatorState(config(300))
     root = tmp_path / "dump"
     write_export(state, root, quirks=SMALL_BS, compresslevel=1)
     mirror = Mirror(tmp_path / "m.duckdb")
     import_tree(mirror.db, root)
     clean = contents(mirror.db.path, mirror)
-    # What an older importer left: rows doubled by a repeated batch, ranks counted per batch.
-    with mirror.db.transaction() as cur:
-        cur.execute("INSERT INTO explanations SELECT * FROM explanations WHERE \"index\" < 40")
-        cur.execute("UPDATE explanations SET rank = 0 WHERE \"index\" BETWEEN 40 AND 80")
-    doubled = mirror.sql('SELECT count(*) AS n FROM explanations WHERE "index" < 40').to_pylist()[0]["n"] // 2
-    assert doubled > 0
-    [report] = import_tree(mirror.db, root)  # every file already imported: only the cleanup runs
-    assert report.skipped > 0 and sum(report.imported.values()) == 0
-    assert report.deduplicated == doubled
+    with pytest.raises(duckdb.ConstraintException):
+        with mirror.db.transaction() as cur:
+            cur.execute("INSERT INTO explanations SELECT * FROM explanations WHERE \"index\" < 40")
     assert contents(mirror.db.path, mirror) == clean
-    [again] = import_tree(mirror.db, root)
-    assert again.deduplicated == 0 and contents(mirror.db.path, mirror) == clean
 
 
 def test_activation_ranks_follow_the_wire_rule(dump, tmp_path):

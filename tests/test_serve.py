@@ -323,7 +323,7 @@ def test_host_header_is_checked(app):
 def test_the_database_is_let_go_between_requests(client, app, mirror_path):
     assert client.get(f"/api/feature/{M}/{S}/1").status_code in (200, 404)
     time.sleep(0.6)
-    assert not app.state.reader.db.is_open
+    assert not app.state.reader.mirror.db.is_open
     # another process can open the file read-write (as a sync does), then we read again
     code = ("import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
             "c.execute('CREATE TABLE IF NOT EXISTS _probe (x INT)'); c.execute('DROP TABLE _probe'); c.close()")

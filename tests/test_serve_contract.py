@@ -105,7 +105,7 @@ def neuron(source: str, index: int, acts: list[dict[str, Any]], explanations: li
 def get_body(source: str, index: int, acts: list[dict[str, Any]], description: str,
              sset: dict[str, Any]) -> dict[str, Any]:
     """A GET /api/feature body: the Neuron with all its relations, activations by maxValue desc."""
-    body = neuron(source, index, acts, [{"id": f"e{index}", "description": description,
+    body = neuron(source, index, acts, [{"id": f"e-{source}-{index}", "description": description,
                                          "explanationModelName": "toy-llm", "typeName": "oai_token-act-pair",
                                          "scores": [], "triggeredByUser": None}])
     body.update({"model": MODEL_ROW, "lists": [], "creator": {"name": "toy"}, "source": source_row(source),

@@ -23,21 +23,19 @@ def import_(
     and `id`, else the first record's `modelId` and `layer`), not its folder names. Batches
     already imported are skipped; a corrupt batch is reported and commits nothing.
     """
-    from npclient.exports.importer import find_source_dirs, import_source_dir
+    from npclient.exports.files import find_source_dirs
 
     if not path.exists():
         raise FileNotFoundError(f"{path}")
-    found = find_source_dirs(path)  # nothing to import: exit 2 before opening the mirror
-    failed = 0
+    find_source_dirs(path)  # nothing to import: exit 2 before opening the mirror
     with open_mirror(db, read_only=False) as mirror:
-        for sid, folder in found:
-            report = import_source_dir(mirror.db, folder, sid)
-            rows = ", ".join(f"{report.rows[k]} {k}" for k in report.rows)
-            hint(f"{sid}: {sum(report.imported.values())} batches imported ({rows}), {report.skipped} already imported")
-            for key, reason in report.failed.items():
-                hint(f"  failed: {key}: {reason}")
-            failed += len(report.failed)
-    if failed:
+        reports = mirror.import_(path)
+    for report in reports:
+        rows = ", ".join(f"{report.rows[k]} {k}" for k in report.rows)
+        hint(f"{report.source}: {sum(report.imported.values())} batches imported ({rows}), {report.skipped} already imported")
+        for key, reason in report.failed.items():
+            hint(f"  failed: {key}: {reason}")
+    if any(r.failed for r in reports):
         raise typer.Exit(EXIT_FAILURES)
 
 
@@ -48,9 +46,8 @@ def export(
 ) -> None:
     """Write the mirror as a hive-partitioned Parquet dataset that DuckDB, Polars or Spark read as is."""
     from npclient import SourceId
-    from npclient.exports.parquet import export_parquet
 
     sources = [SourceId.parse(i) for i in ids] if ids else None
     with open_mirror(db, read_only=True) as mirror:
-        written = export_parquet(mirror.db, parquet, sources)
+        written = mirror.export_parquet(parquet, sources)
     hint(", ".join(f"{n} {t}" for t, n in written.items()) + f" written to {parquet}")

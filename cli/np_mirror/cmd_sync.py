@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from npclient import aio
 from typing import Annotated, Optional
 
 import typer
 
-from .common import make_client, open_mirror
+from .common import check_client_options, open_mirror
 from .options import BaseUrlOpt, ConcurrencyOpt, DbOpt, RateOpt
 
 
@@ -40,42 +39,22 @@ def sync(
     `failures` and `export_files` tables; `--retry-failed` asks again for 404s).
     """
     from npclient.ids import parse_target
-    from npclient.metacache import MetaCache
-    from npclient.sync import SyncOptions, parse_range, run_sync
+    from npclient.sync import parse_range
+
+    from .progress import SyncDisplay
 
     parsed = [parse_target(t) for t in targets]  # bad ids: exit 2 before anything
     if api_only and exports_only:
         raise ValueError("--api-only and --exports-only exclude each other")
-    options = SyncOptions(
-        range=parse_range(range_) if range_ else None,
-        parts=tuple(p.strip() for p in parts.split(",") if p.strip()),
-        max_acts=max_acts,
-        method="get" if full else "post",
-        refresh=refresh,
-        retry_failed=retry_failed,
-        exports_only=exports_only,
-        scores=scores,
-    )
-    mirror = open_mirror(db, read_only=False)
-    client = make_client(base_url, rate, concurrency)
-    from .progress import SyncDisplay
-
+    check_client_options(rate, concurrency)
     display = SyncDisplay(enabled=not quiet)
-
-    async def run():
-        from contextlib import AsyncExitStack
-
-        async with AsyncExitStack() as stack:
-            await stack.enter_async_context(client)
-            bucket = None
-            if not api_only:
-                from npclient.exports import ExportBucket
-
-                bucket = await stack.enter_async_context(ExportBucket(exports_url))
-            return await run_sync(parsed, db=mirror.db, client=client, options=options, meta=MetaCache(),
-                                  progress=display.update, exports=bucket, on_plan=display.plan)
-
-    with display:
-        summary = aio.run(run())
+    with open_mirror(db, read_only=False) as mirror, display:
+        summary = mirror.sync(
+            *parsed, range=parse_range(range_) if range_ else None,
+            parts=tuple(p.strip() for p in parts.split(",") if p.strip()), max_acts=max_acts, full=full,
+            scores=scores, refresh=refresh, retry_failed=retry_failed, exports=not api_only,
+            exports_only=exports_only, base_url=base_url, exports_url=exports_url, rate=rate,
+            concurrency=concurrency, progress=display.update, on_plan=display.plan,
+        )
     display.summary(summary)
     raise typer.Exit(summary.exit_code)

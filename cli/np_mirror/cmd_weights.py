@@ -56,11 +56,9 @@ def add(
     in the weights' config must name this source; NaN and all-zero rows are counted. An error
     attaches nothing.
     """
-    from npclient.weights import attach
-
     with open_mirror(db, read_only=False) as mirror:
-        rec = attach(mirror.db, source_id, path=path, tensor=tensor, transpose=transpose,
-                     release=release, sae_id=sae_id, dtype=dtype.value)
+        rec = mirror.attach_weights(source_id, path=path, tensor=tensor, transpose=transpose,
+                                    release=release, sae_id=sae_id, dtype=dtype.value)
     origin = rec.source_path or f"{rec.release}/{rec.sae_id}"
     arch = f"{rec.architecture}, " if rec.architecture else ""
     hint(f"{rec.source_id}: attached a {rec.d_sae} x {rec.d_in} {rec.dtype} decoder ({arch}{rec.loader}: {origin})")
@@ -72,10 +70,8 @@ def add(
 @weights_app.command("list")
 def list_(db: DbOpt = None, fmt: FormatOpt = Format.table) -> None:
     """Decoders attached to the mirror: where from (path, sha256, release), shape, dtype, bad rows."""
-    from npclient.weights import list_weights
-
     with open_mirror(db, read_only=True) as mirror:
-        rows = [r.to_dict() for r in list_weights(mirror.db)]
+        rows = [r.to_dict() for r in mirror.store.all_weights()]
     if fmt is not Format.table:
         rows_out(rows, fmt, LIST_COLUMNS)
         return

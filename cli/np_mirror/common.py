@@ -14,13 +14,17 @@ def open_mirror(db: Optional[Path], *, read_only: bool, linger_s: float = 0.0):
     return Mirror(db, read_only=read_only, linger_s=linger_s, on_wait=lambda msg: hint(f"np-mirror: {msg}"))
 
 
-def make_client(base_url: Optional[str], rate: Optional[float], concurrency: int):
-    from npclient import NeuronpediaClient
-    from npclient.pacing import DEFAULT_BUDGET, Budget
-
+def check_client_options(rate: Optional[float], concurrency: int) -> None:
     if rate is not None and rate <= 0:
         raise ValueError("--rate must be > 0")
     if concurrency < 1:
         raise ValueError("--concurrency must be >= 1")
+
+
+def make_client(base_url: Optional[str], rate: Optional[float], concurrency: int):
+    from npclient import NeuronpediaClient
+    from npclient.pacing import DEFAULT_BUDGET, Budget
+
+    check_client_options(rate, concurrency)
     budget = Budget.per_second(rate) if rate is not None else DEFAULT_BUDGET
     return NeuronpediaClient(base_url, budget=budget, concurrency=concurrency)

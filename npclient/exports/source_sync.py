@@ -22,7 +22,8 @@ from ..store import catalog
 from ..store.database import Database
 from . import plan as _plan
 from .download import DownloadReport, download, is_complete
-from .importer import PART_KINDS, ImportReport, import_source_dir, record_failed_download
+from ..store.importer import ImportReport, import_source_dir, record_failed_download
+from .files import PART_KINDS
 from .layout import local_path, source_prefix
 from .plan import ExportPlan, plan_export
 from .s3 import ExportBucket

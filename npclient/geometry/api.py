@@ -1,7 +1,7 @@
 """Geometry questions asked of a mirror: decoder rows in, tables joined with explanations out.
 
 Each function takes a `Mirror` whose source has weights attached (`np-mirror weights add`),
-runs the torch engine (`knn`, `subspace`), stores what is worth keeping (`results`), and
+runs the torch engine (`topk`, `subspace`), stores what is worth keeping (`Mirror.store`), and
 returns an Arrow table that carries each feature's top explanation, so a researcher reads
 meanings, not indices.
 """
@@ -16,7 +16,6 @@ import pyarrow as pa
 
 from ..errors import QueryError, WeightsError
 from ..ids import FeatureId, FeatureIdLike, SourceId
-from . import results
 
 if TYPE_CHECKING:
     from ..mirror import Mirror
@@ -39,17 +38,7 @@ def _decoder(mirror: "Mirror", sid: SourceId, device: Any = None) -> Any:
 def with_explanations(mirror: "Mirror", sid: SourceId, table: pa.Table, column: str = "index",
                       name: str = "explanation") -> pa.Table:
     """`table` plus the top explanation of the feature in `column` (null when unknown)."""
-    with mirror.db.connect() as cur:
-        cur.register("_np_result", table)
-        try:
-            return cur.sql(
-                f"""SELECT r.*, f.top_explanation AS "{name}" FROM _np_result r
-                    LEFT JOIN features f ON f.model_id = ? AND f.source = ? AND f."index" = r."{column}"
-                    ORDER BY r.rowid_""",
-                params=[sid.model_id, sid.source],
-            ).to_arrow_table().drop_columns(["rowid_"])
-        finally:
-            cur.unregister("_np_result")
+    return mirror.store.with_explanations(sid, table, column, name).drop_columns(["rowid_"])
 
 
 def _numbered(columns: dict[str, Any]) -> pa.Table:
@@ -89,7 +78,7 @@ def neighbors(mirror: "Mirror", feature: FeatureIdLike, k: int = 10, *, against:
     fid = FeatureId.coerce(feature)
     sid = fid.source_id
     target = _sid(against) if against is not None else sid
-    if target == sid and results.stored_neighbors_k(mirror.db, sid) >= k:
+    if target == sid and mirror.store.stored_neighbors_k(sid) >= k:
         table = mirror.sql(
             """SELECT rank, neighbor_index AS "index", cosine FROM neighbors
                WHERE model_id = ? AND source = ? AND "index" = ? AND rank < ? ORDER BY rank""",
@@ -119,7 +108,7 @@ def all_pairs(mirror: "Mirror", source: SourceLike, k: int = 25, *, device: Any 
     sid = _sid(source)
     W = _decoder(mirror, sid, device)
     found = all_pairs_topk(W, k, device=device, dtype=dtype, progress=progress)
-    return results.save_neighbors(mirror.db, sid, found.values.numpy(), found.indices.numpy())
+    return mirror.store.save_neighbors(sid, found.values.numpy(), found.indices.numpy())
 
 
 def match(mirror: "Mirror", source_a: SourceLike, source_b: SourceLike, k: int = 1, *, device: Any = None,
@@ -132,7 +121,7 @@ def match(mirror: "Mirror", source_a: SourceLike, source_b: SourceLike, k: int =
     if WA.shape[1] != WB.shape[1]:
         raise WeightsError(f"{a} has d_in {WA.shape[1]} but {b} has {WB.shape[1]}: they live in different spaces")
     found = topk_cosine(WA, WB, k, device=device, progress=progress)
-    results.save_matches(mirror.db, a, b, found.values.numpy(), found.indices.numpy())
+    mirror.store.save_matches(a, b, found.values.numpy(), found.indices.numpy())
     n = WA.shape[0]
     table = _numbered({
         "index": pa.array(np.repeat(np.arange(n), k)),
@@ -166,7 +155,7 @@ def head_features(mirror: "Mirror", source: SourceLike, matrix: Any, *, name: st
         sup_flags[np.asarray(sup.suppressed, dtype=np.int64)] = True
     invisible = np.zeros(W.shape[0], dtype=bool)
     invisible[np.asarray(ns.invisible, dtype=np.int64)] = True
-    results.save_head_features(mirror.db, sid, name, np.asarray(ns.fraction_in_colspace), invisible, sup_scores, sup_flags)
+    mirror.store.save_head_features(sid, name, np.asarray(ns.fraction_in_colspace), invisible, sup_scores, sup_flags)
     table = mirror.sql(
         """SELECT "index", colspace_fraction, invisible, suppression, suppressed FROM head_features
            WHERE model_id = ? AND source = ? AND matrix = ? AND (invisible OR suppressed) ORDER BY "index\"""",
@@ -183,7 +172,7 @@ def pca(mirror: "Mirror", source: SourceLike, features: np.ndarray, *, n_compone
     result = run_pca(_decoder(mirror, sid).float().numpy(), features, n_components=n_components, seed=seed)
     coords = np.asarray(result.coords)
     feats = np.asarray(result.features)
-    results.save_coordinates(mirror.db, sid, "pca", feats, coords[:, :2])
+    mirror.store.save_coordinates(sid, "pca", feats, coords[:, :2])
     return result, with_explanations(mirror, sid, _numbered({
         "index": pa.array(feats.astype(np.int64)), "x": pa.array(coords[:, 0]), "y": pa.array(coords[:, 1])}))
 
@@ -197,7 +186,7 @@ def umap(mirror: "Mirror", source: SourceLike, *, features: Optional[np.ndarray]
     W = _decoder(mirror, sid).float().numpy()
     feats = np.arange(W.shape[0]) if features is None else np.asarray(features, dtype=np.int64)
     coords = np.asarray(umap_embed(W, k=k, seed=seed, features=None if features is None else feats, progress=progress))
-    results.save_coordinates(mirror.db, sid, "umap", feats, coords)
+    mirror.store.save_coordinates(sid, "umap", feats, coords)
     return with_explanations(mirror, sid, _numbered({
         "index": pa.array(feats.astype(np.int64)), "x": pa.array(coords[:, 0]), "y": pa.array(coords[:, 1])}))
 
@@ -213,6 +202,6 @@ def cluster(mirror: "Mirror", source: SourceLike, features: np.ndarray, *, thres
     result = run_cluster(_decoder(mirror, sid).float().numpy(), features, threshold=threshold,
                          n_clusters=n_clusters, max_features=CLUSTER_CAP)
     feats = np.asarray(result.features)
-    results.save_clusters(mirror.db, sid, run, feats, np.asarray(result.labels), result.leaf_order)
+    mirror.store.save_clusters(sid, run, feats, np.asarray(result.labels), result.leaf_order)
     return result, with_explanations(mirror, sid, _numbered({
         "index": pa.array(feats.astype(np.int64)), "label": pa.array(np.asarray(result.labels).astype(np.int32))}))

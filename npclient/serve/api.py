@@ -46,9 +46,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from .. import wire
 from ..errors import InvalidIdError
 from ..ids import SourceId
-from ..mirror import _ACTIVATION_FIELDS, _EXPLANATION_FIELDS, Mirror
-from ..mirror import _rows as _typed_rows
-from ..store import rawblob
+from ..mirror import Mirror
 
 __all__ = [
     "MirrorReader", "api_routes", "json_response", "raw_json_response", "dumps", "loads",
@@ -221,18 +219,11 @@ class MirrorReader:
     def __init__(self, path: str | Path, *, linger_s: float = 0.5, wait_s: float = 30.0) -> None:
         self.mirror = Mirror(path, read_only=True, linger_s=linger_s, wait_s=wait_s)
 
-    @property
-    def db(self) -> Any:
-        return self.mirror.db
-
     def close(self) -> None:
         self.mirror.close()
 
     def rows(self, query: str, params: list[Any]) -> list[dict[str, Any]]:
-        with self.db.connect() as cur:
-            result = cur.execute(query, params)
-            cols = [d[0] for d in result.description]
-            return [dict(zip(cols, r)) for r in result.fetchall()]
+        return self.mirror.store.rows(query, params)
 
     def has_table(self, name: str) -> bool:
         return bool(self.rows("SELECT 1 AS x FROM duckdb_tables() WHERE table_name = ?", [name]))
@@ -248,22 +239,12 @@ class MirrorReader:
     def _stored(self, model_id: str, source_id: str, index: int) -> tuple[Optional[bytes], Optional[dict[str, Any]]]:
         """(the stored bytes, None) for a fetched feature; (None, its object) for an imported one."""
         key = f"{model_id}/{source_id}/{index}"
-        with self.db.connect() as cur:
-            chunks = cur.execute("SELECT chunk FROM raw_chunks WHERE feature_key = ? ORDER BY seq", [key]).fetchall()
-            if chunks:
-                return rawblob.unpack(c[0] for c in chunks), None
-            # An imported feature: the export's record (bare NaN/Infinity kept, as the export
-            # wrote them) plus its typed activation and explanation rows.
-            found = cur.execute("SELECT export_raw FROM features WHERE feature_key = ? AND origin = 'export'",
-                                [key]).fetchall()
-            if not found or found[0][0] is None:
-                return None, None
-            raw = loads(found[0][0])
-            if not isinstance(raw, dict):
-                return None, None
-            raw["activations"] = _typed_rows(cur, "activations", _ACTIVATION_FIELDS, key)
-            raw["explanations"] = _typed_rows(cur, "explanations", _EXPLANATION_FIELDS, key)
-            return None, raw
+        body = self.mirror.store.raw_body(key)
+        if body is not None:
+            return body, None
+        # An imported feature: the export's record (bare NaN/Infinity kept, as the export
+        # wrote them) plus its typed activation and explanation rows.
+        return None, self.mirror.store.export_feature(key)
 
     def feature_raw(self, model_id: str, source_id: str, index: int) -> Optional[dict[str, Any]]:
         """The stored object (GET, POST or export shaped), as stored."""
@@ -382,13 +363,11 @@ class MirrorReader:
                           "LIMIT 1", [model_id, source_id])
         if not found:
             return {}
-        with self.db.connect() as cur:
-            chunks = cur.execute("SELECT chunk FROM raw_chunks WHERE feature_key = ? ORDER BY seq",
-                                 [found[0]["feature_key"]]).fetchall()
-        if not chunks:
+        body = self.mirror.store.raw_body(found[0]["feature_key"])
+        if body is None:
             return {}
         try:
-            raw = loads(rawblob.unpack(c[0] for c in chunks))
+            raw = loads(body)
         except ValueError:
             return {}
         if not isinstance(raw, dict):
@@ -574,10 +553,7 @@ class MirrorReader:
     # ---- decoder rows --------------------------------------------------------------------
     def decoder_row(self, model_id: str, source_id: str, index: int) -> Optional[dict[str, Any]]:
         """Row `index` of the attached decoder (numpy memory map; torch is not loaded)."""
-        from ..weights.attach import get_weights
-
-        sid = SourceId(model_id, source_id)
-        record = get_weights(self.db, sid)
+        record = self.mirror.store.weights(SourceId(model_id, source_id))
         if record is None or not Path(record.decoder_path).is_file():
             return None
         if not 0 <= index < record.d_sae:

@@ -7,91 +7,24 @@ so nothing is lost when Neuronpedia adds a field before we add a column.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import duckdb
 
-SCHEMA_VERSION = 1
+from ..models import TABLE_COLUMNS
+
+SCHEMA_VERSION = 2
+#: In a migration's statement list: commit what came before and go on in a new transaction.
+#: DuckDB cannot build a unique index in the transaction that rewrote the indexed rows.
+COMMIT_POINT = "-- commit"
 META_TABLE = "np_mirror_meta"
 
 
-#: The one column map: table -> (column, DuckDB type). It drives the DDL below and the Arrow
-#: schemas the writer builds, so the two cannot drift apart.
+#: table -> (column, DuckDB type), read from THE column map (`models.TABLE_COLUMNS`): the DDL
+#: below, the writer's Arrow schemas and the importer's reader all come from that one map.
 COLUMNS: dict[str, list[tuple[str, str]]] = {
-    "features": [
-        ("feature_key", "VARCHAR NOT NULL"),
-        ("model_id", "VARCHAR NOT NULL"),
-        ("source", "VARCHAR NOT NULL"),
-        ("index", "INTEGER NOT NULL"),
-        ("origin", "VARCHAR NOT NULL"),
-        ("max_act_approx", "DOUBLE"),
-        ("frac_nonzero", "DOUBLE"),
-        ("hook_name", "VARCHAR"),
-        ("has_vector", "BOOLEAN"),
-        ("umap_x", "DOUBLE"),
-        ("umap_y", "DOUBLE"),
-        ("umap_cluster", "INTEGER"),
-        ("umap_log_feature_sparsity", "DOUBLE"),
-        ("topk_cos_sim_indices", "INTEGER[]"),
-        ("topk_cos_sim_values", "DOUBLE[]"),
-        ("pos_str", "VARCHAR[]"),
-        ("pos_values", "DOUBLE[]"),
-        ("neg_str", "VARCHAR[]"),
-        ("neg_values", "DOUBLE[]"),
-        ("n_activations", "INTEGER"),
-        ("n_explanations", "INTEGER"),
-        ("top_explanation", "VARCHAR"),
-        ("run_id", "BIGINT"),
-        ("fetched_at", "TIMESTAMP"),
-        # An imported feature's record exactly as the export had it (API features keep theirs in raw_chunks).
-        ("export_raw", "JSON"),
-    ],
-    "activations": [
-        ("feature_key", "VARCHAR NOT NULL"),
-        ("model_id", "VARCHAR NOT NULL"),
-        ("source", "VARCHAR NOT NULL"),
-        ("index", "INTEGER NOT NULL"),
-        ("rank", "INTEGER NOT NULL"),
-        ("activation_id", "VARCHAR"),
-        ("tokens", "VARCHAR[]"),
-        ("values", "DOUBLE[]"),
-        ("max_value", "DOUBLE"),
-        ("max_value_token_index", "INTEGER"),
-        ("min_value", "DOUBLE"),
-        ("data_source", "VARCHAR"),
-        ("data_index", "VARCHAR"),
-        ("creator_id", "VARCHAR"),
-        ("created_at", "VARCHAR"),
-        ("dfa_values", "DOUBLE[]"),
-        ("dfa_max_value", "DOUBLE"),
-        ("dfa_target_index", "INTEGER"),
-        ("loss_values", "DOUBLE[]"),
-        ("logit_contributions", "JSON"),
-        ("bin_min", "DOUBLE"),
-        ("bin_max", "DOUBLE"),
-        ("bin_contains", "DOUBLE"),
-        ("qualifying_token_index", "INTEGER"),
-        ("origin", "VARCHAR NOT NULL"),
-    ],
-    "explanations": [
-        ("feature_key", "VARCHAR NOT NULL"),
-        ("model_id", "VARCHAR NOT NULL"),
-        ("source", "VARCHAR NOT NULL"),
-        ("index", "INTEGER NOT NULL"),
-        ("rank", "INTEGER NOT NULL"),
-        ("explanation_id", "VARCHAR"),
-        ("description", "VARCHAR"),
-        ("explanation_model_name", "VARCHAR"),
-        ("type_name", "VARCHAR"),
-        ("scores", "JSON"),
-        ("author_id", "VARCHAR"),
-        ("embedding", "FLOAT[]"),
-        ("umap_x", "DOUBLE"),
-        ("umap_y", "DOUBLE"),
-        ("umap_cluster", "INTEGER"),
-        ("umap_log_feature_sparsity", "DOUBLE"),
-        ("origin", "VARCHAR NOT NULL"),
-    ],
+    table: [(c.name, c.sql) for c in columns] for table, columns in TABLE_COLUMNS.items()
 }
 
 
@@ -185,11 +118,85 @@ _V1 = [
     "CREATE INDEX raw_chunks_by_feature ON raw_chunks (feature_key)",
 ]
 
-#: version -> statements that bring the previous version to it.
-MIGRATIONS: dict[int, list[str]] = {1: _V1}
+# v2: every table the mirror has is declared here. v1 mirrors may already hold `weights` and
+# the geometry tables (v1 created them on first use), hence IF NOT EXISTS; their columns are
+# unchanged. Explanations get a declared key on their id, after the duplicates that versions
+# before the fidelity fixes could store are removed (rows from the API kept first) and the
+# ranks of imported explanations are rebuilt by id. sync_runs records which process runs it.
+_EXPL_ORDER = "explanation_id NULLS LAST, description, explanation_model_name, type_name"
+_V2 = [
+    """CREATE TABLE IF NOT EXISTS weights (
+        model_id VARCHAR NOT NULL,
+        source VARCHAR NOT NULL,
+        loader VARCHAR NOT NULL,
+        source_path VARCHAR,
+        sha256 VARCHAR,
+        tensor_name VARCHAR,
+        transposed BOOLEAN NOT NULL DEFAULT false,
+        release VARCHAR,
+        sae_id VARCHAR,
+        architecture VARCHAR,
+        output_space BOOLEAN NOT NULL DEFAULT false,
+        hook_name VARCHAR,
+        neuronpedia_id VARCHAR,
+        d_sae INTEGER NOT NULL,
+        d_in INTEGER NOT NULL,
+        source_dtype VARCHAR,
+        dtype VARCHAR NOT NULL,
+        nan_rows INTEGER NOT NULL,
+        zero_rows INTEGER NOT NULL,
+        decoder_path VARCHAR NOT NULL,
+        attached_at TIMESTAMP DEFAULT current_timestamp,
+        PRIMARY KEY (model_id, source)
+    )""",
+    """CREATE TABLE IF NOT EXISTS neighbors (
+        model_id VARCHAR NOT NULL, source VARCHAR NOT NULL, "index" INTEGER NOT NULL, rank INTEGER NOT NULL,
+        neighbor_index INTEGER, cosine DOUBLE)""",
+    """CREATE TABLE IF NOT EXISTS matches (
+        model_id VARCHAR NOT NULL, source VARCHAR NOT NULL, "index" INTEGER NOT NULL, against VARCHAR NOT NULL,
+        rank INTEGER NOT NULL, match_index INTEGER, cosine DOUBLE)""",
+    """CREATE TABLE IF NOT EXISTS coordinates (
+        model_id VARCHAR NOT NULL, source VARCHAR NOT NULL, "index" INTEGER NOT NULL, method VARCHAR NOT NULL,
+        x DOUBLE, y DOUBLE)""",
+    """CREATE TABLE IF NOT EXISTS clusters (
+        model_id VARCHAR NOT NULL, source VARCHAR NOT NULL, "index" INTEGER NOT NULL, run VARCHAR NOT NULL,
+        label INTEGER, leaf_position INTEGER)""",
+    """CREATE TABLE IF NOT EXISTS head_features (
+        model_id VARCHAR NOT NULL, source VARCHAR NOT NULL, "index" INTEGER NOT NULL, matrix VARCHAR NOT NULL,
+        colspace_fraction DOUBLE, invisible BOOLEAN, suppression DOUBLE, suppressed BOOLEAN)""",
+    """CREATE TABLE IF NOT EXISTS source_sets (
+        model_id VARCHAR NOT NULL,
+        set_name VARCHAR NOT NULL,
+        raw JSON,
+        updated_at TIMESTAMP DEFAULT current_timestamp,
+        PRIMARY KEY (model_id, set_name)
+    )""",
+    "ALTER TABLE sync_runs ADD COLUMN IF NOT EXISTS pid INTEGER",
+    "ALTER TABLE sync_runs ADD COLUMN IF NOT EXISTS host VARCHAR",
+    "DROP TABLE IF EXISTS _np_v2_explanations",
+    f"""CREATE TEMP TABLE _np_v2_explanations AS
+        SELECT * REPLACE (
+            CASE WHEN origin = 'export'
+                 THEN CAST(row_number() OVER (PARTITION BY feature_key, origin = 'export' ORDER BY {_EXPL_ORDER}) - 1 AS INTEGER)
+                 ELSE rank END AS rank)
+        FROM (SELECT * FROM explanations
+              QUALIFY explanation_id IS NULL
+                   OR row_number() OVER (PARTITION BY explanation_id ORDER BY origin = 'export', rank, feature_key) = 1)""",
+    "DELETE FROM explanations",
+    "INSERT INTO explanations BY NAME SELECT * FROM _np_v2_explanations",
+    "DROP TABLE _np_v2_explanations",
+    COMMIT_POINT,
+    "CREATE UNIQUE INDEX IF NOT EXISTS explanations_by_id ON explanations (explanation_id)",
+]
 
-#: Tables a mirror must have; anything else found in a --db file means it is not ours.
-MIRROR_TABLES = ("features", "activations", "explanations", "raw_chunks", "sources", "models", "sync_runs", "failures", "export_files")
+#: version -> statements that bring the previous version to it.
+MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2}
+
+#: Tables a mirror has (schema v2).
+MIRROR_TABLES = (
+    "features", "activations", "explanations", "raw_chunks", "sources", "source_sets", "models", "sync_runs",
+    "failures", "export_files", "weights", "neighbors", "matches", "coordinates", "clusters", "head_features",
+)
 
 
 def current_version(con: duckdb.DuckDBPyConnection) -> int | None:
@@ -202,22 +209,35 @@ def current_version(con: duckdb.DuckDBPyConnection) -> int | None:
 
 
 def migrate(con: duckdb.DuckDBPyConnection, log: Callable[[str], None] | None = None) -> int:
-    """Bring an empty or older mirror to `SCHEMA_VERSION` in one transaction."""
+    """Bring an empty or older mirror to `SCHEMA_VERSION`.
+
+    Each version's statements run in one transaction (two where a version has a COMMIT_POINT;
+    its statements are idempotent, so a run interrupted between the two is finished by the
+    next), and the version number is written in the last one: a mirror is never marked with
+    a version whose changes it lacks.
+    """
     version = current_version(con) or 0
     if version == SCHEMA_VERSION:
         return version
-    con.execute("BEGIN TRANSACTION")
-    try:
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            for statement in MIGRATIONS[target]:
-                con.execute(statement)
-            if log:
-                log(f"mirror schema migrated to version {target}")
-        con.execute(
-            f"INSERT OR REPLACE INTO {META_TABLE} VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
-        )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        steps: list[list[str]] = [[]]
+        for statement in MIGRATIONS[target]:
+            if statement == COMMIT_POINT:
+                steps.append([])
+            else:
+                steps[-1].append(statement)
+        for n, statements in enumerate(steps):
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for statement in statements:
+                    con.execute(statement)
+                if n == len(steps) - 1:
+                    con.execute(f"INSERT OR REPLACE INTO {META_TABLE} VALUES ('schema_version', ?)", [str(target)])
+                con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
+                raise
+        if log:
+            log(f"mirror schema migrated to version {target}")
     return SCHEMA_VERSION

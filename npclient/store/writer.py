@@ -9,7 +9,7 @@ registered on the cursor and inserted with one statement per table.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from .. import faults, jsonio
 from ..ids import FeatureId
-from ..models import Feature
+from ..models import TABLE_COLUMNS, Activation, Explanation, Feature
 from . import rawblob
 from .database import Database
 from .schema import COLUMNS
@@ -73,12 +73,57 @@ def _ints(values: Sequence[Any]) -> list[Optional[int]]:
     return [None if v is None else int(v) for v in values]
 
 
+def _json(value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        value = [v.model_dump(by_alias=True) if hasattr(v, "model_dump") else v for v in value]
+    return orjson.dumps(value).decode()
+
+
+#: How a payload value becomes a column value, by the column's DuckDB type.
+_CONVERT: dict[str, Callable[[Any], Any]] = {
+    "DOUBLE[]": lambda v: _floats(v),
+    "INTEGER[]": lambda v: _ints(v),
+    "VARCHAR[]": lambda v: list(v),
+    "FLOAT[]": lambda v: _floats(v),
+    "JSON": _json,
+    "VARCHAR": lambda v: None if v is None else str(v),
+}
+
+
+def _attrs(model: type) -> dict[str, str]:
+    """payload field -> attribute of a pydantic model (its alias, or its own name)."""
+    return {(f.alias or name): name for name, f in model.model_fields.items()}  # type: ignore[attr-defined]
+
+
+_MODEL_OF = {"features": Feature, "activations": Activation, "explanations": Explanation}
+#: per table: (column, attribute, converter) for every column the payload fills.
+_FILL: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {}
+for _table, _model in _MODEL_OF.items():
+    _fields = _attrs(_model)
+    _FILL[_table] = [
+        (c.name, _fields[c.api], _CONVERT.get(c.base_type, lambda v: v))
+        for c in TABLE_COLUMNS[_table]
+        if c.api is not None and c.api in _fields and c.name not in ("model_id", "source", "index")
+    ]
+
+
+def _payload_row(obj: Any, table: str) -> dict[str, Any]:
+    row = {}
+    for column, attr, convert in _FILL[table]:
+        value = getattr(obj, attr)
+        row[column] = None if value is None else convert(value)
+    return row
+
+
 def _columns(table: str, rows: list[dict[str, Any]]) -> pa.Table:
     schema = arrow_schema(table)
     return pa.Table.from_pydict({f.name: [r.get(f.name) for r in rows] for f in schema}, schema=schema)
 
 
 def build_tables(rows: Sequence[FeatureRow], parts: Iterable[str], run_id: Optional[int]) -> dict[str, pa.Table]:
+    """Arrow tables of these features for every table, their columns from THE column map."""
     parts = set(parts)
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     feats: list[dict[str, Any]] = []
@@ -91,71 +136,19 @@ def build_tables(rows: Sequence[FeatureRow], parts: Iterable[str], run_id: Optio
         f = row.feature
         key = feature_key(f.id)
         base = {"feature_key": key, "model_id": f.model_id, "source": f.layer, "index": f.index, "origin": row.origin}
-        feats.append(
-            {
-                **base,
-                "max_act_approx": f.max_act_approx,
-                "frac_nonzero": f.frac_nonzero,
-                "hook_name": f.hook_name,
-                "has_vector": f.has_vector,
-                "umap_x": f.umap_x,
-                "umap_y": f.umap_y,
-                "umap_cluster": f.umap_cluster,
-                "umap_log_feature_sparsity": f.umap_log_feature_sparsity,
-                "topk_cos_sim_indices": _ints(f.topk_cos_sim_indices),
-                "topk_cos_sim_values": _floats(f.topk_cos_sim_values),
-                "pos_str": list(f.pos_str),
-                "pos_values": _floats(f.pos_values),
-                "neg_str": list(f.neg_str),
-                "neg_values": _floats(f.neg_values),
-                "n_activations": len(f.activations) if "activations" in parts else None,
-                "n_explanations": len(f.explanations) if "explanations" in parts else None,
-                "top_explanation": f.top_explanation,
-                "run_id": run_id,
-                "fetched_at": now,
-            }
-        )
-        if "activations" in parts:
-            for rank, a in enumerate(f.activations):
-                acts.append(
-                    {
-                        **base,
-                        "rank": rank,
-                        "activation_id": a.id,
-                        "tokens": list(a.tokens),
-                        "values": _floats(a.values),
-                        "max_value": a.max_value,
-                        "max_value_token_index": a.max_value_token_index,
-                        "min_value": a.min_value,
-                        "data_source": a.data_source,
-                        "data_index": None if a.data_index is None else str(a.data_index),
-                        "creator_id": a.creator_id,
-                        "created_at": a.created_at,
-                        "dfa_values": _floats(a.dfa_values),
-                        "dfa_max_value": a.dfa_max_value,
-                        "dfa_target_index": a.dfa_target_index,
-                        "loss_values": _floats(a.loss_values),
-                        "logit_contributions": None if a.logit_contributions is None else orjson.dumps(a.logit_contributions).decode(),
-                        "bin_min": a.bin_min,
-                        "bin_max": a.bin_max,
-                        "bin_contains": a.bin_contains,
-                        "qualifying_token_index": a.qualifying_token_index,
-                    }
-                )
+        feats.append({
+            **_payload_row(f, "features"),
+            **base,
+            "n_activations": len(f.activations) if "activations" in parts else None,
+            "n_explanations": len(f.explanations) if "explanations" in parts else None,
+            "top_explanation": f.top_explanation,
+            "run_id": run_id,
+            "fetched_at": now,
+        })
+        if "activations" in parts:  # Feature.activations is already ranked top-first
+            acts.extend({**_payload_row(a, "activations"), **base, "rank": rank} for rank, a in enumerate(f.activations))
         if "explanations" in parts:
-            for rank, e in enumerate(f.explanations):
-                expls.append(
-                    {
-                        **base,
-                        "rank": rank,
-                        "explanation_id": e.id,
-                        "description": e.description,
-                        "explanation_model_name": e.explanation_model_name,
-                        "type_name": e.type_name,
-                        "scores": orjson.dumps([s.model_dump(by_alias=True) for s in e.scores]).decode(),
-                        "author_id": e.author_id,
-                    }
-                )
+            expls.extend({**_payload_row(e, "explanations"), **base, "rank": rank} for rank, e in enumerate(f.explanations))
         body = f.raw_json
         dropped = [p for p in ("activations", "explanations") if p not in parts]
         if dropped:

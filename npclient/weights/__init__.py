@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .attach import (
     DTYPES,
-    WEIGHTS_DDL,
+    WEIGHTS_COLUMNS,
     WeightsRecord,
     attach,
     decoder,
@@ -34,7 +34,7 @@ __all__ = [
     "LoadedDecoder",
     "RegistryEntry",
     "Resolution",
-    "WEIGHTS_DDL",
+    "WEIGHTS_COLUMNS",
     "WeightsRecord",
     "attach",
     "decoder",

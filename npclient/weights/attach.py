@@ -23,22 +23,23 @@ import contextlib
 import hashlib
 import os
 import uuid
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..errors import WeightsError, WeightsMismatch
 from ..ids import SourceId
 from ..paths import home
+from ..store import weights as records
 from ..store.catalog import stored_feature_count
 from ..store.database import Database
+from ..store.weights import WEIGHTS_COLUMNS, WeightsRecord
 from . import registry
 from .loaders import LOADERS, DecoderLoader, LoadedDecoder, LoadRequest, choose_loader
 
 __all__ = [
     "DTYPES",
-    "WEIGHTS_DDL",
+    "WEIGHTS_COLUMNS",
     "WeightsRecord",
     "attach",
     "decoder",
@@ -50,91 +51,6 @@ __all__ = [
 
 DTYPES = ("float32", "bfloat16", "float16")
 _BLOCK_BYTES = 8 << 20  # rows copied at a time: ~8 MB of float32 per block
-_TABLE = "weights"
-
-# Schema v1 (store/schema.py) is frozen: mirrors already exist with it, and a version bump
-# belongs to the store. Until the next schema version folds this table in, the weights module
-# creates it itself, on first use, inside the transaction that records the first decoder
-# (`CREATE TABLE IF NOT EXISTS`), so an older mirror gains it without a migration and a
-# mirror that never attaches weights never has it. Readers treat a missing table as empty.
-WEIGHTS_DDL = f"""CREATE TABLE IF NOT EXISTS {_TABLE} (
-    model_id VARCHAR NOT NULL,
-    source VARCHAR NOT NULL,
-    loader VARCHAR NOT NULL,
-    source_path VARCHAR,
-    sha256 VARCHAR,
-    tensor_name VARCHAR,
-    transposed BOOLEAN NOT NULL DEFAULT false,
-    release VARCHAR,
-    sae_id VARCHAR,
-    architecture VARCHAR,
-    output_space BOOLEAN NOT NULL DEFAULT false,
-    hook_name VARCHAR,
-    neuronpedia_id VARCHAR,
-    d_sae INTEGER NOT NULL,
-    d_in INTEGER NOT NULL,
-    source_dtype VARCHAR,
-    dtype VARCHAR NOT NULL,
-    nan_rows INTEGER NOT NULL,
-    zero_rows INTEGER NOT NULL,
-    decoder_path VARCHAR NOT NULL,
-    attached_at TIMESTAMP DEFAULT current_timestamp,
-    PRIMARY KEY (model_id, source)
-)"""
-
-_COLUMNS = (
-    "model_id", "source", "loader", "source_path", "sha256", "tensor_name", "transposed", "release", "sae_id",
-    "architecture", "output_space", "hook_name", "neuronpedia_id", "d_sae", "d_in", "source_dtype", "dtype",
-    "nan_rows", "zero_rows", "decoder_path", "attached_at",
-)
-
-
-@dataclass(frozen=True)
-class WeightsRecord:
-    """One attached decoder, as the `weights` table records it.
-
-    `d_in` is the decoder's width: the output space (d_out) for a transcoder
-    (`output_space=True`). `nan_rows` counts rows with any NaN or infinite value,
-    `zero_rows` rows that are all zero (cosine undefined), both in the stored dtype.
-    """
-
-    model_id: str
-    source: str
-    loader: str
-    source_path: Optional[str]
-    sha256: Optional[str]
-    tensor_name: Optional[str]
-    transposed: bool
-    release: Optional[str]
-    sae_id: Optional[str]
-    architecture: Optional[str]
-    output_space: bool
-    hook_name: Optional[str]
-    neuronpedia_id: Optional[str]
-    d_sae: int
-    d_in: int
-    source_dtype: Optional[str]
-    dtype: str
-    nan_rows: int
-    zero_rows: int
-    decoder_path: str
-    attached_at: Optional[datetime] = None
-    notes: tuple[str, ...] = field(default=(), compare=False)
-
-    @property
-    def source_id(self) -> SourceId:
-        return SourceId(self.model_id, self.source)
-
-    @property
-    def norms_path(self) -> str:
-        return str(Path(self.decoder_path).with_name("norms.npy"))
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("notes")
-        out = {"source_id": str(self.source_id), **out}
-        return out
-
 
 def weights_root() -> Path:
     """Where decoder copies live: `$NP_MIRROR_HOME/weights`."""
@@ -148,35 +64,14 @@ def _sid(source: SourceId | str) -> SourceId:
 # ---- reading the table ------------------------------------------------------------------------
 
 
-def _table_exists(cur: Any) -> bool:
-    return bool(cur.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [_TABLE]).fetchone()[0])
-
-
-def _record(row: tuple) -> WeightsRecord:
-    return WeightsRecord(**dict(zip(_COLUMNS, row)))
-
-
 def list_weights(db: Database) -> list[WeightsRecord]:
     """Every attached decoder, by model and source."""
-    cols = ", ".join(_COLUMNS)
-    with db.connect() as cur:
-        if not _table_exists(cur):
-            return []
-        rows = cur.execute(f"SELECT {cols} FROM {_TABLE} ORDER BY model_id, source").fetchall()
-    return [_record(r) for r in rows]
+    return records.list_weights(db)
 
 
 def get_weights(db: Database, source: SourceId | str) -> Optional[WeightsRecord]:
     """The attached decoder of `source`, or None."""
-    sid = _sid(source)
-    cols = ", ".join(_COLUMNS)
-    with db.connect() as cur:
-        if not _table_exists(cur):
-            return None
-        rows = cur.execute(
-            f"SELECT {cols} FROM {_TABLE} WHERE model_id = ? AND source = ?", [sid.model_id, sid.source]
-        ).fetchall()
-    return _record(rows[0]) if rows else None
+    return records.get_weights(db, _sid(source))
 
 
 # ---- attaching ----------------------------------------------------------------------------------
@@ -363,15 +258,12 @@ def attach(
             notes=tuple(loaded.notes),
         )
         del loaded  # the sae_lens SAE (if any) goes before the database work
-        values = [getattr(record, c) for c in _COLUMNS[:-1]]
-        with db.transaction() as cur:
-            cur.execute(WEIGHTS_DDL)
-            cur.execute(
-                f"INSERT OR REPLACE INTO {_TABLE} ({', '.join(_COLUMNS[:-1])}) VALUES ({', '.join('?' * len(values))})",
-                values,
-            )
+
+        def move_into_place() -> None:
             os.replace(norms_tmp, norms_final)
             os.replace(decoder_tmp, decoder_final)
+
+        records.save_weights(db, record, on_commit=move_into_place)
     finally:
         for leftover in (decoder_tmp, norms_tmp):
             with contextlib.suppress(OSError):
