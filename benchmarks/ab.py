@@ -1,6 +1,6 @@
 """Before and after, side by side in one run: a benchmark against the code of another revision.
 
-    .venv/bin/python benchmarks/ab.py --base REV [--head REV] [--rounds 3] [--only client,store,import]
+    .venv/bin/python benchmarks/ab.py --base REV[,REV...] [--head REV] [--rounds 3] [--only client,store,import]
 
 For each benchmark, each round runs the *same* benchmark script (this tree's) twice, once
 importing `npclient` from a `git worktree` of REV ("before") and once from this tree or a
@@ -72,22 +72,27 @@ def pick(data: dict, path: tuple[str, ...]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--base", required=True, help="the 'before' revision (e.g. a commit or HEAD~5)")
+    ap.add_argument("--base", required=True, help="the 'before' revision(s), comma-separated (e.g. a commit or HEAD~5)")
     ap.add_argument("--head", help="the 'after' revision (default: this working tree, uncommitted changes included)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default=",".join(BENCHES), help="comma list of: " + ", ".join(BENCHES))
+    ap.add_argument("--client-features", type=int, default=2000, help="features of the client bench (default 2000)")
     ap.add_argument("--json", type=Path, help="also write every figure here")
     args = ap.parse_args()
-    before = worktree(args.base)
+    bases = [b.strip() for b in args.base.split(",") if b.strip()]
     after = worktree(args.head) if args.head else REPO
-    sides = {"before": before, "after": after}
-    print(f"before: {args.base} at {before}\nafter:  {args.head or 'this tree'} at {after}")
+    sides = {f"before {b}": worktree(b) for b in bases}
+    sides["after"] = after
+    for name, root in sides.items():
+        print(f"{name}: {root}")
     report: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         for name in [n.strip() for n in args.only.split(",") if n.strip()]:
             script, extra, figures = BENCHES[name]
             extra = list(extra)
+            if name == "client":
+                extra += ["--features", str(args.client_features)]
             if name == "import":  # one dump for both sides, written by this tree's emulator
                 dump = tmp_path / "dump"
                 subprocess.run([sys.executable, str(HERE / script), "--dir", str(dump), "--write-only"],
@@ -95,23 +100,24 @@ def main() -> None:
                 extra += ["--dir", str(dump)]
             values: dict[str, dict[str, list[float]]] = {s: {f: [] for f in figures} for s in sides}
             for r in range(args.rounds):
-                order = list(sides) if r % 2 == 0 else list(reversed(sides))
+                order = list(sides)[r % len(sides):] + list(sides)[: r % len(sides)]  # each side leads once
                 for side in order:
                     data = run_side(sides[side], script, extra, tmp_path / f"{name}-{side}-{r}.json")
                     for fig, (path, _) in figures.items():
                         values[side][fig].append(pick(data, path))
                 print(f"  {name}: round {r + 1}/{args.rounds} done", flush=True)
             print(f"\n{name} ({script} {' '.join(extra)}), {args.rounds} rounds")
-            print(f"| figure | before best | before median | after best | after median | after/before (medians) |")
-            print("|---|---|---|---|---|---|")
             report[name] = {}
             for fig, (_, better) in figures.items():
                 best = max if better == "higher" else min
-                b, a = values["before"][fig], values["after"][fig]
-                ratio = statistics.median(a) / statistics.median(b)
-                print(f"| {fig} ({better} is better) | {best(b):.4g} | {statistics.median(b):.4g} | {best(a):.4g} "
-                      f"| {statistics.median(a):.4g} | {ratio:.3f} |")
-                report[name][fig] = {"before": b, "after": a, "after_over_before": ratio}
+                a = values["after"][fig]
+                print(f"\n| {fig} ({better} is better) | best | median | after/this (medians) |")
+                print("|---|---|---|---|")
+                report[name][fig] = {}
+                for side, vals in values.items():
+                    ratio = statistics.median(a) / statistics.median(vals)
+                    print(f"| {side} | {best(vals):.4g} | {statistics.median(vals):.4g} | {ratio:.3f} |")
+                    report[name][fig][side] = {"values": vals, "after_over_this": ratio}
     if args.json:
         args.json.write_text(json.dumps({"base": args.base, "rounds": args.rounds, "figures": report}, indent=2))
 
