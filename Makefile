@@ -7,10 +7,10 @@ PY := $(VENV)/bin/python
 setup:
 	@bash scripts/setup.sh
 
-test: setup  # the fast suite (what a change should keep green); `slow` tests are left to test-all
-	$(PY) -m pytest -q -m "not slow"
+test: setup  # the fast suite (what a change should keep green; ~4 min on 2 cores); `slow` tests are left to test-all
+	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile
 
-test-all: setup  # everything, the slow end-to-end sweeps too: what CI runs
+test-all: setup  # everything, the slow end-to-end sweeps and notebooks too: what CI runs
 	$(PY) -m pytest -q
 
 demo: setup

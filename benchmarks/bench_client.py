@@ -58,7 +58,10 @@ if str(REPO) not in sys.path:  # allow running without PYTHONPATH=.
     sys.path.insert(0, str(REPO))
 
 from npclient import Budget, Feature, FeatureId  # noqa: E402
-from npclient.client import DEFAULT_CONCURRENCY, NeuronpediaClient  # noqa: E402
+try:  # the package layout since the redesign; ab.py also runs this script against older revisions
+    from npclient.http.client import DEFAULT_CONCURRENCY, NeuronpediaClient  # noqa: E402
+except ImportError:
+    from npclient.client import DEFAULT_CONCURRENCY, NeuronpediaClient  # noqa: E402
 from npclient import aio  # noqa: E402
 
 from machine import cpu_model, git_head, usable_cores, versions  # noqa: E402

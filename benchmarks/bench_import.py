@@ -35,7 +35,10 @@ SRC = SourceId("gpt2-small", "0-res-jb")
 CHILD = """
 import resource, sys, time
 from pathlib import Path
-from npclient.exports.importer import import_source_dir
+try:  # ab.py runs this against older revisions too, where the importer lived in exports/
+    from npclient.store.importer import import_source_dir
+except ImportError:
+    from npclient.exports.importer import import_source_dir
 from npclient.ids import SourceId
 from npclient.store.database import Database
 db = Database(Path(sys.argv[2]), linger_s=60)
@@ -112,7 +115,10 @@ def ours_on(files: list[Path], folder: Path, db_path: Path) -> float:
     """Import only `files` (a copy of the source folder holding just them) with the product code."""
     import shutil
 
-    from npclient.exports.importer import import_source_dir
+    try:
+        from npclient.store.importer import import_source_dir
+    except ImportError:
+        from npclient.exports.importer import import_source_dir
     from npclient.store.database import Database
 
     sub = db_path.parent / "subset" / SRC.source

@@ -90,7 +90,7 @@ NB01 = [
         This notebook runs **offline**: it starts the bundled Neuronpedia emulator (same routes and payload
         shapes as the real site, seeded synthetic data) and shows, in one kernel:
 
-        1. `run_sync`: mirror one SAE (`gpt2-small/0-res-jb`, 256 features here), then rerun it for free;
+        1. `Mirror.sync`: mirror one SAE (`gpt2-small/0-res-jb`, 256 features here), then rerun it for free;
         2. `Mirror.status()`, `Mirror.feature(...)`: what `np-mirror status` and `np-mirror show` print;
         3. SQL over explanations, and the same data as Arrow, pandas and plain DuckDB;
         4. reading right after syncing, with no reopen and no second process.
@@ -104,17 +104,17 @@ NB01 = [
         ### On the real site: one line changes
 
         ```python
-        client = NeuronpediaClient()   # instead of NeuronpediaClient(server.url, budget=None)
         mirror = Mirror()              # $NP_MIRROR_HOME/mirror.duckdb, default ~/.cache/np-mirror
+        mirror.sync(SRC)               # instead of mirror.sync(SRC, base_url=server.url, exports=False)
         ```
 
-        Leave `NEURONPEDIA_BASE_URL` unset (it defaults to `https://www.neuronpedia.org`) and keep the default
-        pacing budget (90% of Neuronpedia's 25,000 requests per hour; `budget=None` is for a local server only).
-        Large sources are faster from the public bulk exports: pass `exports=ExportBucket()` to `run_sync`,
-        or use the command line, `np-mirror sync gpt2-small/0-res-jb` (exports first, the API for the gaps).
+        Leave `NEURONPEDIA_BASE_URL` unset (it defaults to `https://www.neuronpedia.org`); the default pacing
+        keeps to 90% of Neuronpedia's 25,000 requests per hour. On the real site `sync` reads the public bulk
+        exports first and asks the API only for the gaps (here there is no bucket, hence `exports=False`);
+        from a shell it is `np-mirror sync gpt2-small/0-res-jb`.
         """
     ),
-    setup_cell("01", "\nimport duckdb\nimport numpy as np\n\nfrom npclient import BlockingClient, Mirror, NeuronpediaClient, SourceId\nfrom npclient.sync import run_sync\nfrom npclient.testing import EmulatorConfig, EmulatorServer, SourceSpec\n" + dedent(_show_helper())),
+    setup_cell("01", "\nimport duckdb\nimport numpy as np\n\nfrom npclient import BlockingClient, Mirror, SourceId\nfrom npclient.testing import EmulatorConfig, EmulatorServer, SourceSpec\n" + dedent(_show_helper())),
     md(
         """
         ## 1. A local Neuronpedia
@@ -135,7 +135,7 @@ NB01 = [
         """
         ## 2. Sync
 
-        Jupyter already runs an event loop, so `await` works at the top level of a cell. `run_sync` plans
+        `Mirror.sync` works in a script and inside Jupyter's running event loop alike. It plans
         first (the feature count comes from the source listing), then fetches in batches of 25 features
         (`POST /api/features`) and commits every ~200 features.
         """
@@ -144,8 +144,7 @@ NB01 = [
         """
         mirror = Mirror(WORK / "mirror.duckdb")
 
-        async with NeuronpediaClient(server.url, budget=None) as client:
-            summary = await run_sync([SRC], db=mirror.db, client=client)
+        summary = mirror.sync(SRC, base_url=server.url, exports=False)
 
         part = summary.sources[0]
         print(f"fetched {part.fetched} features in {summary.requests} requests, {summary.seconds:.2f} s; failed: {summary.failed}")
@@ -160,8 +159,7 @@ NB01 = [
     ),
     code(
         """
-        async with NeuronpediaClient(server.url, budget=None) as client:
-            again = await run_sync([SRC], db=mirror.db, client=client)
+        again = mirror.sync(SRC, base_url=server.url, exports=False)
         print("rerun:", again.requests, "requests,", again.sources[0].already_present, "features already present")
         assert again.requests == 0 and again.sources[0].already_present == D_SAE
         """
@@ -324,15 +322,14 @@ SRC = SourceId("gpt2-small", "0-res-jb")
 D_SAE = {d_sae}
 server = EmulatorServer(EmulatorConfig(sources=(SourceSpec(SRC.model_id, SRC.source, d_sae=D_SAE, d_in=64),))).start()
 mirror = Mirror(WORK / "mirror.duckdb")
-async with NeuronpediaClient(server.url, budget=None) as client:
-    summary = await run_sync([SRC], db=mirror.db, client=client)
+summary = mirror.sync(SRC, base_url=server.url, exports=False)
 assert summary.failed == 0 and summary.sources[0].fetched == D_SAE
 
 # The same SAE as weights: `make_emulator_sae` writes the decoder the emulator serves, row for row,
 # as a sae_lens folder (cfg.json + sae_weights.safetensors), plus a wider sibling and a toy attention head.
 sae = make_emulator_sae(WORK / "sae", server.state, SRC.model_id, SRC.source)
 # A bare safetensors file + tensor name attaches without importing sae_lens (~10 s); the folder works too.
-record = attach(mirror.db, SRC, path=sae.path / "sae_weights.safetensors", tensor="W_dec")
+record = mirror.attach_weights(SRC, path=sae.path / "sae_weights.safetensors", tensor="W_dec")
 print(f"synced {{D_SAE}} features; attached a {{record.d_sae}} x {{record.d_in}} decoder ({{record.zero_rows}} all-zero row)")
 '''
 
@@ -340,8 +337,8 @@ _REAL_WEIGHTS_MD = """
 ### On the real site: one line changes
 
 ```python
-client = NeuronpediaClient()                      # instead of NeuronpediaClient(server.url, budget=None)
-attach(mirror.db, SRC)                            # sae_lens registry -> Hugging Face, instead of path=...
+mirror.sync(SRC)                                  # instead of mirror.sync(SRC, base_url=server.url, exports=False)
+mirror.attach_weights(SRC)                        # sae_lens registry -> Hugging Face, instead of path=...
 ```
 
 or from a shell: `np-mirror sync gpt2-small/7-res-jb` then `np-mirror weights add gpt2-small/7-res-jb`
@@ -354,12 +351,10 @@ _GEOM_IMPORTS = """
 import matplotlib.pyplot as plt
 import numpy as np
 
-from npclient import Mirror, NeuronpediaClient, SourceId
+from npclient import Mirror, SourceId
 from npclient.geometry.api import {api}
-from npclient.sync import run_sync
 from npclient.testing import EmulatorConfig, EmulatorServer, SourceSpec
 from npclient.testing.saes import make_emulator_sae
-from npclient.weights import attach
 """
 
 NB02 = [
@@ -575,8 +570,8 @@ NB03 = [
         ### On the real site: one line changes
 
         ```python
-        client = NeuronpediaClient()          # instead of NeuronpediaClient(server.url, budget=None)
-        attach(mirror.db, NARROW)             # sae_lens registry, instead of path=...; same for WIDE
+        mirror.sync(NARROW)                   # instead of mirror.sync(NARROW, base_url=server.url, exports=False)
+        mirror.attach_weights(NARROW)         # sae_lens registry, instead of path=...; same for WIDE
         ```
 
         For example `np-mirror weights add gpt2-small/8-res_fs768-jb` and `.../8-res_fs24576-jb` (the
@@ -590,7 +585,7 @@ NB03 = [
         _SYNC_AND_ATTACH.format(d_sae=256)
         + '''
 WIDE = SourceId("gpt2-small", "0-reswide-jb")   # weights only: not on the server, no explanations
-attach(mirror.db, WIDE, path=sae.wide_path / "sae_weights.safetensors", tensor="W_dec")
+mirror.attach_weights(WIDE, path=sae.wide_path / "sae_weights.safetensors", tensor="W_dec")
 print("wide SAE:", sae.d_sae_wide, "features")
 '''
     ),
@@ -773,8 +768,8 @@ NB04 = [
         ### On the real site: one line changes
 
         ```python
-        client = NeuronpediaClient()          # instead of NeuronpediaClient(server.url, budget=None)
-        attach(mirror.db, SRC)                # e.g. gpt2-small/10-res-jb from the sae_lens registry
+        mirror.sync(SRC)                      # instead of mirror.sync(SRC, base_url=server.url, exports=False)
+        mirror.attach_weights(SRC)            # e.g. gpt2-small/10-res-jb from the sae_lens registry
         ```
 
         and take the head from the model, e.g. with TransformerLens: `W_K = model.W_K[10, 7]` (768 × 64),
@@ -931,10 +926,10 @@ NB05 = [
         (indices as strings *or* ints, embeddings as lists *or* `"[...]"` strings, unknown extra fields,
         non-source folders like `headvis/`). Then:
 
-        1. `import_tree`: a dump on disk into the mirror (DuckDB's own JSON reader, one transaction per batch);
+        1. `Mirror.import_`: a dump on disk into the mirror (DuckDB's own JSON reader, one transaction per batch);
         2. SQL over it, and geometry — the months of the year, which lie on a circle like the days (Engels et al. 2024);
-        3. `export_parquet`: the mirror as hive-partitioned Parquet, read back with plain DuckDB;
-        4. the same data from a bucket: `run_sync(..., exports=ExportBucket(url))`, exports first.
+        3. `Mirror.export_parquet`: the mirror as hive-partitioned Parquet, read back with plain DuckDB;
+        4. the same data from a bucket: `Mirror.sync(..., exports_url=url)`, exports first.
         """
     ),
     md(
@@ -942,8 +937,7 @@ NB05 = [
         ### On the real site: one line changes
 
         ```python
-        bucket = ExportBucket()        # the public bucket, instead of ExportBucket(s3.bucket_url)
-        client = NeuronpediaClient()   # instead of NeuronpediaClient(server.url, budget=None)
+        mirror.sync(L1)                # the public bucket and API, instead of base_url=server.url, exports_url=s3.bucket_url
         ```
 
         or, from a shell: `aws s3 sync --no-sign-request s3://neuronpedia-datasets/v1/gpt2-small/0-res-jb ./dump/v1/gpt2-small/0-res-jb`
@@ -954,8 +948,7 @@ NB05 = [
     setup_cell(
         "05",
         _GEOM_IMPORTS.format(api="pca, select_features")
-        + "import duckdb\nfrom npclient.exports import ExportBucket\nfrom npclient.exports.importer import import_tree\n"
-        "from npclient.exports.parquet import export_parquet\nfrom npclient.geometry.subspace import circular_order\n"
+        + "import duckdb\nfrom npclient.geometry.subspace import circular_order\n"
         "from npclient.testing.emulator.exports import ExportQuirks, write_export\nfrom npclient.testing.emulator.s3 import S3Server\n"
         + dedent(_show_helper()),
     ),
@@ -985,20 +978,20 @@ NB05 = [
         """
         ## 2. Import
 
-        `import_tree` finds every source folder under the root (non-source folders are skipped), imports each
+        `Mirror.import_` finds every source folder under the root (non-source folders are skipped), imports each
         batch in one transaction and records it in `export_files`: a rerun skips what is already in.
         """
     ),
     code(
         """
         mirror = Mirror(WORK / "mirror.duckdb")
-        reports = import_tree(mirror.db, DUMP)
+        reports = mirror.import_(DUMP)
         for r in reports:
             print(r.source, "imported files:", r.imported, "rows:", r.rows, "failed:", r.failed or "none")
         assert [r.source for r in reports] == [L0] and all(r.ok for r in reports)
         assert reports[0].rows["features"] == D_SAE
 
-        rerun = import_tree(mirror.db, DUMP)
+        rerun = mirror.import_(DUMP)
         print("rerun skipped", rerun[0].skipped, "files, imported", sum(rerun[0].rows.values()), "rows")
         assert sum(rerun[0].rows.values()) == 0
 
@@ -1056,7 +1049,7 @@ NB05 = [
     code(
         """
         sae = make_emulator_sae(WORK / "sae", server.state, L0.model_id, L0.source)
-        attach(mirror.db, L0, path=sae.path / "sae_weights.safetensors", tensor="W_dec")
+        mirror.attach_weights(L0, path=sae.path / "sae_weights.safetensors", tensor="W_dec")
         months = select_features(mirror, L0, where=months_sql)
         assert sorted(months.tolist()) == sorted(sae.months)
         result, coords = pca(mirror, L0, months)
@@ -1072,14 +1065,14 @@ NB05 = [
         """
         ## 5. The mirror as Parquet, read back with plain DuckDB
 
-        `export_parquet` writes `features/`, `activations/` and `explanations/`, each partitioned
+        `Mirror.export_parquet` writes `features/`, `activations/` and `explanations/`, each partitioned
         `model=/source=/` — readable by DuckDB, Polars, pandas or Spark without np-mirror.
         """
     ),
     code(
         '''
         PARQUET = WORK / "parquet"
-        written = export_parquet(mirror.db, PARQUET)
+        written = mirror.export_parquet(PARQUET)
         print("rows written:", written)
 
         con = duckdb.connect()   # a fresh in-memory DuckDB: nothing of np-mirror involved
@@ -1103,7 +1096,7 @@ NB05 = [
         """
         ## 6. The same exports from a bucket
 
-        `run_sync` with an `ExportBucket` lists the source's export, downloads it into
+        `Mirror.sync` with an `exports_url` lists the source's export, downloads it into
         `$NP_MIRROR_HOME/exports/` (resumable, verified against the ETags), imports it, and sends the API only
         what the export lacked. Here the emulator's S3 stand-in serves layer 1 from a local folder.
         """
@@ -1113,8 +1106,7 @@ NB05 = [
         BUCKET = WORK / "bucket"
         write_export(server.state, BUCKET, sources=[str(L1)], quirks=quirks)
         s3 = S3Server(BUCKET).start()
-        async with NeuronpediaClient(server.url, budget=None) as client, ExportBucket(s3.bucket_url) as bucket:
-            summary = await run_sync([L1], db=mirror.db, client=client, exports=bucket)
+        summary = mirror.sync(L1, base_url=server.url, exports_url=s3.bucket_url)
         part = summary.sources[0]
         print(f"{L1}: {part.imported} features from the export, {part.fetched} from the API, {summary.requests} API requests")
         assert part.imported == D_SAE and part.fetched == 0 and summary.failed == 0

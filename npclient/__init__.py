@@ -6,7 +6,7 @@ torch, sae_lens and umap are imported only by the modules that need them, so
 """
 
 from .blocking import BlockingClient
-from .client import NeuronpediaClient
+from .http.client import NeuronpediaClient
 from .errors import (
     APIStatusError,
     BadRequest,
@@ -38,8 +38,8 @@ from .models import (
     SourceSetInfo,
     VectorInfo,
 )
-from .pacing import Budget, Pacer
-from .retry import RetryPolicy
+from .http.pacing import Budget, Pacer
+from .http.retry import RetryPolicy
 
 __version__ = "0.1.0"
 

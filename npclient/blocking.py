@@ -13,7 +13,7 @@ from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any, Literal, Optional, TypeVar
 
 from .aio import new_event_loop
-from .client import FeatureResult, NeuronpediaClient
+from .http.client import FeatureResult, NeuronpediaClient
 from .ids import FeatureIdLike
 from .models import Feature, ModelInfo, SearchResult, SourceSetInfo, VectorInfo
 

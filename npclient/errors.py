@@ -3,6 +3,10 @@
     NPError
     ├── InvalidIdError            malformed feature/source id (raised before any request)
     │   └── UnknownSourceError    a well-formed source or set that the server does not have
+    ├── InvalidOptionError        an argument that cannot be valid (k < 1, unknown device or dtype, options that exclude each other)
+    │   ├── InvalidPathError      a file or folder argument that is missing or not the kind asked for
+    │   ├── FeatureOutOfRange     a feature index beyond the rows there are (also an IndexError)
+    │   └── WeightsRequestError   attach arguments that do not go together (also a WeightsError)
     ├── NPTransportError          connect/read errors, timeouts, truncated or malformed bodies  [retried]
     ├── APIStatusError            the server answered with an error status
     │   ├── BadRequest (400)      never retried
@@ -18,10 +22,16 @@
     │   ├── MirrorBusyError       another process holds the database for too long
     │   └── QueryError            SQL that DuckDB rejected (syntax, unknown column, a write when read-only)
     ├── WeightsError              SAE weights missing, malformed or not matching the source
+    │   ├── WeightsMismatch       weights that load but belong to another source or shape
+    │   └── CorruptWeights        a weights file that cannot be read
     └── ExportError               a bulk export (S3 dump) could not be listed or downloaded
         ├── CorruptDownload       a downloaded file whose size or MD5 does not match the listing
         └── UnsafeKey             an object key that would write outside the export cache
 
+Input errors (InvalidIdError, InvalidOptionError and their subclasses) are also ValueError, so
+`except ValueError` keeps working; the CLI answers them with exit 2, and any other exception
+with exit 1 as a bug. Messages speak of arguments as the library names them (`k`, `n_clusters`,
+`dtype`), never of command-line flags: the CLI maps `InvalidOptionError.option` to its flag.
 Messages never contain the API key: errors carry the URL and a clipped body only.
 """
 
@@ -196,3 +206,34 @@ class WeightsMismatch(WeightsError):
 
 class CorruptWeights(WeightsError):
     """A weights file that cannot be read: truncated, bad header, missing tensor, unknown dtype."""
+
+
+class InvalidOptionError(NPError, ValueError):
+    """An option that cannot be valid (a range, a set of parts, a concurrency, a base URL).
+
+    `option` names it as the library spells it (`range`, `parts`, `max_acts`, `scores`,
+    `concurrency`, `batch_size`, `base_url`, `exports_url`); the message says what the option
+    means, never a command-line flag: the CLI maps `option` to its flag.
+    """
+
+    def __init__(self, message: str, *, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+__all__ += ["InvalidOptionError"]
+
+
+class InvalidPathError(InvalidOptionError):
+    """A file or folder argument that cannot be used: missing, or not the kind of file asked for."""
+
+
+class FeatureOutOfRange(InvalidOptionError, IndexError):
+    """A feature index beyond the rows of a source or decoder (an IndexError too, as it was)."""
+
+
+class WeightsRequestError(WeightsError, InvalidOptionError):
+    """Attach arguments that do not go together or name nothing (a WeightsError too, as it was)."""
+
+
+__all__ += ["InvalidPathError", "FeatureOutOfRange", "WeightsRequestError"]

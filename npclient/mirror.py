@@ -165,7 +165,7 @@ class Mirror:
                 own = client or await stack.enter_async_context(_make_client(base_url, rate, concurrency))
                 bucket = None
                 if exports:
-                    from .exports import ExportBucket
+                    from .http.s3 import ExportBucket
 
                     bucket = await stack.enter_async_context(ExportBucket(exports_url))
                 return await run_sync(parsed, db=self.db, client=own, options=options, meta=MetaCache(),
@@ -202,8 +202,8 @@ class Mirror:
 
 
 def _make_client(base_url: Optional[str], rate: Optional[float], concurrency: int) -> Any:
-    from .client import NeuronpediaClient
-    from .pacing import DEFAULT_BUDGET, Budget
+    from .http.client import NeuronpediaClient
+    from .http.pacing import DEFAULT_BUDGET, Budget
 
     budget = Budget.per_second(rate) if rate is not None else DEFAULT_BUDGET
     return NeuronpediaClient(base_url, budget=budget, concurrency=concurrency)

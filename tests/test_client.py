@@ -216,7 +216,7 @@ def test_base_url_from_environment(monkeypatch):
 def test_feature_body_faults_are_classified():
     """A body that is not JSON is transient (retried); `null` is Neuronpedia's not-found; JSON that
     is not a feature is a payload error (not retried)."""
-    from npclient.client import _decode_feature
+    from npclient.http.client import _decode_feature
     from npclient.errors import NotFound, NPTransportError, PayloadError
 
     url = "http://127.0.0.1/api/feature/m/s/1"

@@ -38,7 +38,7 @@ from npclient.exports import (
     source_prefix,
 )
 from npclient.ids import SourceId
-from npclient.retry import RetryPolicy
+from npclient.http.retry import RetryPolicy
 
 BUCKET = "np-exports"
 SRC = "v1/gpt2-small/0-res-jb/"

@@ -16,7 +16,8 @@ import pytest
 
 from helpers import table_contents
 from npclient import NeuronpediaClient, SourceId, wire
-from npclient.exports.importer import find_source_dirs, import_tree
+from npclient.exports.files import find_source_dirs
+from npclient.store.importer import import_tree
 from npclient.mirror import Mirror
 from npclient.store.database import Database
 from npclient.sync import SyncOptions, run_sync
@@ -151,7 +152,10 @@ def test_reimport_is_idempotent_and_api_rows_win(dump, tmp_path):
     assert contents(db.path) == before
 
 
+@pytest.mark.slow
 def test_kill_9_during_import(dump, tmp_path):
+    """A seeded sweep of kills at random moments of an import (slow: five CLI runs; the import has
+    no named fault point yet, so no chosen-point version of it runs in the fast suite)."""
     state, root = dump
     env = {**os.environ, "NP_MIRROR_HOME": str(tmp_path / "home")}
     cmd = [sys.executable, "-m", "np_mirror.app", "import", str(root)]

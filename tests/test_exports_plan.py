@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from npclient.exports.plan import BYTES_PER_REQUEST, guess_batch_size, plan_export, text_positions
-from npclient.exports.s3 import S3Object
+from npclient.sync.exports import BYTES_PER_REQUEST, guess_batch_size, plan_export, text_positions
+from npclient.http.s3 import S3Object
 
 PREFIX = "v1/gpt2-small/0-res-jb/"
 MIB = 2**20

@@ -16,7 +16,7 @@ from npclient.errors import RouteError
 from npclient.ids import SourceSetId, parse_target
 from npclient.mirror import Mirror
 from npclient.models import SourceInfo
-from npclient.pacing import Budget
+from npclient.http.pacing import Budget
 from npclient.store.database import Database
 from npclient.sync import SyncOptions, UnknownSourceError, run_sync
 from npclient.testing import EmulatorConfig, RateLimitConfig, SourceSpec
@@ -95,7 +95,7 @@ async def test_feature_counts_when_the_config_is_a_string_or_null(np_emulator_fa
     db = Database(tmp_path / "m.duckdb")
     summary = await _sync(server, db, [SourceId("gpt2-small", "0-res-jb")])
     assert summary.sources[0].wanted == 40 and summary.fetched == 40
-    with pytest.raises(UnknownSourceError, match="pass --range"):
+    with pytest.raises(UnknownSourceError, match="pass a range"):
         await _sync(server, db, [SourceId("gpt2-small", "1-res-jb")])
     summary = await _sync(server, db, [SourceId("gpt2-small", "1-res-jb")], range=(0, 10))
     assert summary.fetched == 10
@@ -147,7 +147,7 @@ async def test_waiting_for_the_budget_is_reported(np_emulator_factory, tmp_path,
     import npclient.sync as sync_module
 
     monkeypatch.setattr(sync_module, "PROGRESS_TICK_S", 0.2)
-    server = np_emulator_factory(small_config(d_sae=30))
+    server = np_emulator_factory(small_config(d_sae=24))  # 8 GETs at once, the rest paced (the emulator needs d_sae >= 23)
     events = []
     started = time.time()
     await _sync(server, Database(tmp_path / "m.duckdb"), [SourceId(*SRC)], progress=events.append, method="get",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,5 +44,65 @@ def test_no_production_module_imports_the_emulator():
 def test_the_emulator_and_serve_share_the_contract():
     """wire.py is the one statement of Neuronpedia's contract: the client, the emulator's routes
     and serve's API all import it."""
-    for rel in ("npclient/client.py", "npclient/testing/emulator/routes.py", "npclient/serve/api.py"):
+    for rel in ("npclient/http/client.py", "npclient/testing/emulator/routes.py", "npclient/serve/api.py"):
         assert "npclient.wire" in _imports(ROOT / rel), rel
+
+
+#: A statement that changes a mirror or writes files from it, at the start of a line (our SQL is
+#: upper-case by convention; prose that happens to say "update ... from" is not SQL).
+_SQL_WRITE = re.compile(
+    r"(^|\n)\s*(INSERT (OR REPLACE )?INTO|DELETE FROM|UPDATE \w+ SET|CREATE (TEMP |UNIQUE )?(TABLE|INDEX|SEQUENCE)"
+    r"|DROP TABLE|ALTER TABLE|COPY \()"
+)
+
+
+def _strings(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            out.append(node.value)
+        elif isinstance(node, ast.JoinedStr):
+            out.append("".join(v.value for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str)))
+    return out
+
+
+def _production_modules() -> list[Path]:
+    return [p for p in sorted(PACKAGE.rglob("*.py")) if "testing" not in p.relative_to(PACKAGE).parts]
+
+
+def test_only_the_store_writes_sql():
+    """Statements that change a mirror (or write files from it) live in npclient/store/ only."""
+    offenders = []
+    for path in _production_modules() + sorted((ROOT / "cli").rglob("*.py")):
+        if path.is_relative_to(PACKAGE / "store"):
+            continue
+        for text in _strings(path):
+            if _SQL_WRITE.search(text):
+                offenders.append(f"{path.relative_to(ROOT)}: {text.strip()[:60]!r}")
+    assert offenders == []
+
+
+def test_geometry_serve_and_the_cli_reach_the_mirror_through_mirror():
+    """No connection, no `Database`, no `mirror.db` outside the store and the Mirror handle:
+    geometry, serve and the CLI use `Mirror` (and `Mirror.store`'s typed calls)."""
+    offenders = []
+    places = [*(PACKAGE / "geometry").rglob("*.py"), *(PACKAGE / "serve").rglob("*.py"), *(ROOT / "cli").rglob("*.py")]
+    for path in sorted(places):
+        names = _imports(path)
+        if any(n.startswith("npclient.store.database") or n == "npclient.store.Database" for n in names):
+            offenders.append(f"{path.relative_to(ROOT)} imports the store's Database")
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "db":
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} uses .db")
+            if isinstance(node, ast.Attribute) and node.attr in ("connect", "transaction") and \
+                    isinstance(node.value, ast.Attribute) and node.value.attr == "db":
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} opens a connection")
+    assert offenders == []
+
+
+def test_no_production_module_is_over_700_lines():
+    long = {str(p.relative_to(ROOT)): n for p in _production_modules()
+            if (n := len(p.read_text().splitlines())) > 700}
+    assert long == {}

@@ -36,6 +36,16 @@ def test_cli_help_stays_light():
 
     names = [c.name for c in app.registered_commands]
     assert "fetch" in names and "emulator" in names
-    for sub in names:
-        code_sub = f"from np_mirror.app import main\nmain(['{sub}', '--help'])"
-        assert _loaded_after(code_sub) == [], sub
+    # One process for every command's --help (a process each cost ~0.5 s): after each, nothing heavy
+    # may have been loaded, so the first command that loads one is named.
+    code_subs = (
+        "import sys\nfrom np_mirror.app import main\n"
+        f"for sub in {names!r}:\n"
+        "    try:\n        main([sub, '--help'])\n    except SystemExit:\n        pass\n"
+        f"    heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "    print('AFTER', sub, ','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code_subs], capture_output=True, text=True, check=True)
+    after = dict(ln.split(" ", 2)[1:] for ln in out.stdout.splitlines() if ln.startswith("AFTER ") and ln.count(" ") == 2)
+    assert sorted(after) == sorted(names), out.stdout[-2000:]
+    assert {sub: loaded for sub, loaded in after.items() if loaded} == {}

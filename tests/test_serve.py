@@ -27,7 +27,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from helpers import SRC, small_config
+from helpers import SRC, official_client_port, small_config
 from npclient import NeuronpediaClient, SourceId, wire
 from npclient.models import Feature
 from npclient.serve import create_app
@@ -41,8 +41,6 @@ M, S = SRC
 S2 = "1-res-jb"
 N_GET = 60  # features of SRC synced by GET (raw = the GET body)
 N_POST = 40  # features of S2 synced by POST (raw = the POST item)
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 EVIL = "<script>window.__pwned = 1</script>"
 
 
@@ -100,17 +98,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    with socket.socket() as s:  # nobody listening on localhost's other family either
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) != 0
 
 
 @contextlib.contextmanager
@@ -392,7 +379,7 @@ def test_feature_and_source_pages_render(client, emulator):
 def test_umap_scatter_when_computed(emulator, mirror_path, tmp_path):
     import numpy as np
 
-    from npclient.geometry.results import save_coordinates
+    from npclient.store.results import save_coordinates
 
     path = tmp_path / "umap.duckdb"
     shutil.copy(mirror_path, path)
@@ -450,8 +437,6 @@ def test_untrusted_text_is_shown_not_run(evil_mirror):
 
 def test_official_neuronpedia_client_reads_a_feature_and_a_source_set(emulator, mirror_path):
     pytest.importorskip("neuronpedia", reason="pip install neuronpedia (dev extra)")
-    if not _port_free(3000):
-        pytest.skip("port 3000 is taken: the official client hardcodes http://localhost:3000/api with USE_LOCALHOST=true")
     i = _first_present(emulator)
     code = (
         "import json, sys\n"
@@ -464,7 +449,7 @@ def test_official_neuronpedia_client_reads_a_feature_and_a_source_set(emulator, 
         "                             'sources': [(x.id, x.model_id, x.set_name) for x in s.sources]}))\n"
     )
     env = {**os.environ, "USE_LOCALHOST": "true", "NEURONPEDIA_API_KEY": "local-mirror"}
-    with serve_process(mirror_path, 3000):
+    with official_client_port() as port, serve_process(mirror_path, port):  # skips if port 3000 is taken
         out = subprocess.run([sys.executable, "-c", code, M, S, str(i), "res-jb"], env=env, capture_output=True,
                              text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -483,22 +468,22 @@ def test_official_neuronpedia_client_reads_a_feature_and_a_source_set(emulator, 
     assert sset["sources"] == [[S, M, "res-jb"], [S2, M, "res-jb"]]
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium + chromium-driver (/usr/bin/chromium absent)")
-def test_headless_chromium_reads_a_feature_page(emulator, evil_mirror, tmp_path):
+def test_headless_chromium_reads_a_feature_page(browser, emulator, evil_mirror, tmp_path):
+    chromium, chromedriver = browser  # skipped, with the reason, without chromium, chromedriver or selenium
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
     path, i = evil_mirror
     opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
+    opts.binary_location = str(chromium)
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--no-first-run", "--window-size=1200,1600"):
         opts.add_argument(flag)
     port = _free_port()
     with serve_process(path, port) as base:
-        driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+        driver = webdriver.Chrome(service=Service(str(chromedriver)), options=opts)
         try:
             driver.set_page_load_timeout(30)
             driver.get(f"{base}/{M}/{S}/{i}")

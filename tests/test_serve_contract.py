@@ -25,7 +25,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from npclient import SourceId, wire
-from npclient.exports.importer import import_source_dir
+from npclient.store.importer import import_source_dir
 from npclient.models import Feature, ModelInfo, SourceInfo
 from npclient.serve import create_app
 from npclient.serve import api as serve_api
@@ -540,10 +540,9 @@ def test_wide_integers_and_lone_surrogates_are_written_as_json():
 
 def test_official_client_reads_a_set_built_from_defaults(mirror_path):
     pytest.importorskip("neuronpedia", reason="pip install neuronpedia (dev extra)")
-    from test_serve import _port_free, serve_process
+    from helpers import official_client_port
+    from test_serve import serve_process
 
-    if not _port_free(3000):
-        pytest.skip("port 3000 is taken: the official client hardcodes http://localhost:3000/api with USE_LOCALHOST=true")
     code = (
         "import json, sys\n"
         "from neuronpedia.np_source_set import SourceSet\n"
@@ -557,7 +556,7 @@ def test_official_client_reads_a_set_built_from_defaults(mirror_path):
         "print('NPSETS ' + json.dumps(out))\n"
     )
     env = {**os.environ, "USE_LOCALHOST": "true", "NEURONPEDIA_API_KEY": "local-mirror"}
-    with serve_process(mirror_path, 3000):
+    with official_client_port() as port, serve_process(mirror_path, port):  # skips if port 3000 is taken
         out = subprocess.run([sys.executable, "-c", code, M, RES, "bare-toy"], env=env, capture_output=True,
                              text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import SRC, small_config, table_contents
+from helpers import LIGHT, SRC, small_config, table_contents
 from npclient import NeuronpediaClient, RetryPolicy, SourceId, SourceSetId
 from npclient.mirror import Mirror
 from npclient.store.database import Database
@@ -20,19 +20,20 @@ from npclient.testing import FaultConfig
 FAST_RETRY = RetryPolicy(max_attempts=8, initial_wait_s=0.01, max_wait_s=0.1)
 
 
-def sync_now(server, db, targets, **opts):
+def sync_now(server, db, targets, timeout=5.0, **opts):
     async def go():
-        async with NeuronpediaClient(server.url, budget=None, retry=FAST_RETRY, concurrency=8, timeout=5.0) as client:
+        async with NeuronpediaClient(server.url, budget=None, retry=FAST_RETRY, concurrency=8, timeout=timeout) as client:
             return await run_sync(targets, db=db, client=client, options=SyncOptions(**opts))
 
     return asyncio.run(go())
 
 
 def test_full_sync_with_faults_equals_the_emulator_truth(np_emulator_factory, tmp_path):
-    server = np_emulator_factory(small_config(d_sae=1000, hole_rate=0.02, faults=FaultConfig(rate=0.3, seed=3, slow_s=6.0)))
+    # a "slow" fault answers after slow_s, past the client's timeout: the client gives up and retries
+    server = np_emulator_factory(small_config(d_sae=1000, hole_rate=0.02, faults=FaultConfig(rate=0.3, seed=3, slow_s=3.5), **LIGHT))
     state = server.state
     mirror = Mirror(tmp_path / "m.duckdb")
-    summary = sync_now(server, mirror.db, [SourceId(*SRC)])
+    summary = sync_now(server, mirror.db, [SourceId(*SRC)], timeout=2.5)
     holes = {i for i in range(1000) if state.is_hole(*SRC, i)}
     assert summary.sources[0].failed == {"not_found": len(holes)}
     assert summary.fetched == 1000 - len(holes)
@@ -50,7 +51,7 @@ def test_full_sync_with_faults_equals_the_emulator_truth(np_emulator_factory, tm
 
 
 def test_rerun_of_a_complete_source_sends_no_feature_request(np_emulator_factory, tmp_path):
-    server = np_emulator_factory(small_config(d_sae=300, hole_rate=0.05))
+    server = np_emulator_factory(small_config(d_sae=300, hole_rate=0.05, **LIGHT))
     db = Database(tmp_path / "m.duckdb")
     first = sync_now(server, db, [SourceId(*SRC)])
     assert first.fetched > 250 and first.exit_code == 1  # holes are failures
@@ -90,7 +91,8 @@ def _cli(*args, env):
 
 
 def _kill_test_setup(np_emulator_factory, tmp_path):
-    server = np_emulator_factory(small_config(d_sae=1000, hole_rate=0.02, latency_s=0.02))
+    # Light payloads: the kill points are counted in batches (200 features), not bytes.
+    server = np_emulator_factory(small_config(d_sae=1000, hole_rate=0.02, latency_s=0.02, **LIGHT))
     env = {**os.environ, "NEURONPEDIA_BASE_URL": server.url, "NP_MIRROR_HOME": str(tmp_path / "home")}
     env.pop("NP_MIRROR_FAULT", None)
     reference = tmp_path / "reference.duckdb"
@@ -146,7 +148,7 @@ def test_kill_9_at_random_moments_loses_nothing(np_emulator_factory, tmp_path):
 
 
 def test_reader_process_polls_during_a_sync_without_error(np_emulator_factory, tmp_path):
-    server = np_emulator_factory(small_config(d_sae=1000, latency_s=0.05))
+    server = np_emulator_factory(small_config(d_sae=1000, latency_s=0.05, **LIGHT))
     path = tmp_path / "m.duckdb"
     db = Database(path, linger_s=0)
     sync_now(server, db, [SourceId(*SRC)], range=(0, 10))  # the file exists before the reader starts
@@ -154,7 +156,7 @@ def test_reader_process_polls_during_a_sync_without_error(np_emulator_factory, t
 import sys, time
 from npclient.mirror import Mirror
 counts, deadline = [], time.monotonic() + 6.0
-while time.monotonic() < deadline:
+while time.monotonic() < deadline and not (len(counts) >= 10 and counts[-1] == 1000):  # until the sync is done
     n = Mirror({str(path)!r}, read_only=True, linger_s=0).sql("SELECT count(*) AS n FROM features").to_pylist()[0]["n"]
     counts.append(n)
     time.sleep(0.05)
@@ -177,7 +179,7 @@ print(len(counts), counts[0], counts[-1], int(counts == sorted(counts)))
 
 
 def test_two_syncs_on_one_file_take_turns_and_duplicate_nothing(np_emulator_factory, tmp_path):
-    server = np_emulator_factory(small_config(d_sae=400, hole_rate=0.02, latency_s=0.05))
+    server = np_emulator_factory(small_config(d_sae=400, hole_rate=0.02, latency_s=0.05, **LIGHT))
     env = {**os.environ, "NEURONPEDIA_BASE_URL": server.url, "NP_MIRROR_HOME": str(tmp_path / "home")}
     args = ["sync", f"{SRC[0]}/{SRC[1]}", "--quiet", "--concurrency", "2", "--api-only"]
     reference, shared = tmp_path / "reference.duckdb", tmp_path / "shared.duckdb"

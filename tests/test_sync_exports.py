@@ -4,7 +4,7 @@ import asyncio
 import gzip
 import json
 
-from helpers import table_contents
+from helpers import LIGHT, table_contents
 from npclient import NeuronpediaClient, SourceId
 from npclient.exports import ExportBucket
 from npclient.mirror import Mirror
@@ -18,9 +18,9 @@ BS = 100
 
 
 def setup(np_emulator_factory, tmp_path):
-    server = np_emulator_factory(EmulatorConfig(sources=(SourceSpec(SRC.model_id, SRC.source, d_sae=450),), hole_rate=0.02))
+    server = np_emulator_factory(EmulatorConfig(sources=(SourceSpec(SRC.model_id, SRC.source, d_sae=450),), hole_rate=0.02, **LIGHT))
     root = tmp_path / "bucket"
-    write_export(server.state, root, quirks=ExportQuirks(batch_size=BS))
+    write_export(server.state, root, quirks=ExportQuirks(batch_size=BS), compresslevel=1)
     return server, root
 
 
@@ -167,7 +167,7 @@ def test_a_range_downloads_only_the_files_that_hold_it(np_emulator_factory, tmp_
 
 
 def test_a_small_range_goes_to_the_api_when_its_files_cost_more(np_emulator_factory, tmp_path, monkeypatch):
-    from npclient.exports import plan
+    from npclient.sync import exports as plan
 
     server, root = range_setup(np_emulator_factory, tmp_path)
     monkeypatch.setattr(plan, "BYTES_PER_REQUEST", 1000)  # a request worth 1 kB: the files cost more

@@ -197,7 +197,7 @@ def test_registry_mapping_against_installed_sae_lens(db):
     res = resolve("my-model/3-res-custom", db)
     assert (res.release, res.sae_id, res.via) == ("my-release", "blocks.3", "mirror")
     assert resolve("gpt2-small/7-res-jb", db).via == "registry"
-    with pytest.raises(WeightsError, match="--release"):
+    with pytest.raises(WeightsError, match="release and sae_id"):
         resolve("my-model/4-res-custom", db)
 
 
@@ -217,7 +217,7 @@ def test_attach_bare_safetensors_with_and_without_transpose(db, home, syn, tmp_p
     assert np.allclose(W.numpy(), syn.W_dec, atol=1e-3, equal_nan=True)
     assert (rec.nan_rows, rec.zero_rows) == (1, 1)
     # without --transpose, a d_in x d_sae tensor is refused, with a hint
-    with pytest.raises(WeightsMismatch, match="--transpose"):
+    with pytest.raises(WeightsMismatch, match="with transpose"):
         attach(db, "gpt2-small/1-res-jb", path=path, tensor="decoder_T")
     assert get_weights(db, "gpt2-small/1-res-jb").transposed  # the earlier attach is untouched
 
@@ -243,7 +243,7 @@ def test_rejections_attach_nothing(db, home, syn, tmp_path):
         (dict(path=garbage), CorruptWeights, "not JSON"),
         (dict(path=broken_folder), CorruptWeights, "truncated"),
         (dict(path=good, tensor="W_decoder"), WeightsError, "has no tensor 'W_decoder'"),
-        (dict(path=good, dtype="float64"), WeightsError, "--dtype"),
+        (dict(path=good, dtype="float64"), WeightsError, "dtype must be one of"),
         (dict(path=tmp_path / "missing"), WeightsError, "no such file"),
     ]
     known(db, target, 1000)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import sys
+from typing import Annotated, Any, Optional
 
 import typer
 
 from . import cmd_demo, cmd_emulator, cmd_exports, cmd_fetch, cmd_geometry, cmd_read, cmd_serve, cmd_sync, cmd_weights
-from .errors import handle
+from .errors import EXIT_INTERRUPTED, begin, handle, remember_command, set_debug
 
 app = typer.Typer(
     name="np-mirror",
@@ -16,8 +18,9 @@ app = typer.Typer(
         "Typical session: `np-mirror sync gpt2-small/0-res-jb`, then `np-mirror show "
         "gpt2-small/0-res-jb/123` or `np-mirror sql \"select ...\"`. Set NEURONPEDIA_BASE_URL to "
         "use another server (e.g. `np-mirror emulator`), NEURONPEDIA_API_KEY to send a key, "
-        "NP_MIRROR_HOME to move the mirror (default ~/.cache/np-mirror). NP_MIRROR_DEBUG=1 "
-        "shows tracebacks."
+        "NP_MIRROR_HOME to move the mirror (default ~/.cache/np-mirror).\n\n"
+        "Exit codes: 0 ok; 1 done with failures, or an unexpected error; 2 bad input, nothing done. "
+        "Errors are one line; --debug (before or after the command) or NP_MIRROR_DEBUG=1 adds the traceback."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -41,24 +44,60 @@ app.command("neighbors")(cmd_geometry.neighbors)
 app.add_typer(cmd_geometry.geometry_app, name="geometry")
 
 
-def main(argv: list[str] | None = None) -> int:
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Print the traceback of any error (as NP_MIRROR_DEBUG=1 does); also accepted after the command.")] = False,
+) -> None:
+    set_debug(debug)
+
+
+def _take_debug(args: list[str]) -> tuple[list[str], bool]:
+    """`args` without `--debug` (anywhere before a bare `--`), and whether it was there."""
+    cut = args.index("--") if "--" in args else len(args)
+    head = [a for a in args[:cut] if a != "--debug"]
+    return head + args[cut:], len(head) != cut
+
+
+def _watch(command: Any) -> None:
+    """Before each command's callback runs, tell the error handler that command's options, so
+    a library error about `k` is reported as `-k` (the library never names flags)."""
+    callback = command.callback
+    if callback is not None:
+        params = list(command.params)
+
+        @functools.wraps(callback)
+        def run(*args: object, **kwargs: object) -> object:
+            remember_command(params)
+            return callback(*args, **kwargs)
+
+        command.callback = run
+    for sub in getattr(command, "commands", {}).values():
+        _watch(sub)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run one command line; return its exit code (see errors.py for the table)."""
+    args, debug = _take_debug(list(sys.argv[1:] if argv is None else argv))
+    begin(debug=debug)
+    command = typer.main.get_command(app)
+    _watch(command)
     try:
-        app(args=argv, standalone_mode=True)
+        rv = command.main(args=args, prog_name="np-mirror", standalone_mode=False)
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except KeyboardInterrupt:
         print("np-mirror: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - mapped to one line, or re-raised if unknown
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - every error becomes one line and an exit code
         return handle(exc)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return rv if isinstance(rv, int) else 0
 
 
 def run() -> None:
     """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
     sys.exit(main())

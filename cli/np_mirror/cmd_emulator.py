@@ -34,13 +34,24 @@ def emulator(
     """
     from npclient.testing import EmulatorConfig, EmulatorServer, FaultConfig, RateLimitConfig
 
-    config = EmulatorConfig(seed=seed, latency_s=latency, hole_rate=hole_rate, faults=FaultConfig(rate=fault_rate, seed=seed))
-    if d_sae is not None:
-        if d_sae < 1:
-            raise fail("--d-sae must be >= 1")
-        config = config.replace(sources=tuple(s if s.kind != "sae" else type(s)(s.model_id, s.source_id, d_sae=d_sae, d_in=s.d_in) for s in config.sources))
-    if limit is not None:
-        config = config.replace(rate_limit=RateLimitConfig(api_limit=limit, window_s=window))
+    if d_sae is not None and d_sae < 1:
+        raise fail("--d-sae must be >= 1")
+    if latency < 0:
+        raise fail(f"--latency must be >= 0 seconds, got {latency:g}")
+    if not 0 <= fault_rate <= 1:
+        raise fail(f"--fault-rate must be in [0, 1], got {fault_rate:g}")
+    if not 0 <= hole_rate < 1:
+        raise fail(f"--hole-rate must be in [0, 1), got {hole_rate:g}")
+    if limit is not None and (limit < 1 or not window > 0):
+        raise fail(f"--limit must be >= 1 and --window > 0, got {limit} per {window:g} s")
+    try:  # the emulator's configs check their values (rates in [0, 1], a window > 0, ...): bad input
+        config = EmulatorConfig(seed=seed, latency_s=latency, hole_rate=hole_rate, faults=FaultConfig(rate=fault_rate, seed=seed))
+        if d_sae is not None:
+            config = config.replace(sources=tuple(s if s.kind != "sae" else type(s)(s.model_id, s.source_id, d_sae=d_sae, d_in=s.d_in) for s in config.sources))
+        if limit is not None:
+            config = config.replace(rate_limit=RateLimitConfig(api_limit=limit, window_s=window))
+    except ValueError as exc:
+        raise fail(f"bad input: {str(exc).splitlines()[0]} (see `np-mirror emulator --help`)") from None
     if write_export is not None:
         from npclient.testing import EmulatorState
         from npclient.testing.emulator.exports import write_export as write

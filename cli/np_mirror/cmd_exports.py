@@ -23,10 +23,11 @@ def import_(
     and `id`, else the first record's `modelId` and `layer`), not its folder names. Batches
     already imported are skipped; a corrupt batch is reported and commits nothing.
     """
+    from npclient.errors import InvalidPathError
     from npclient.exports.files import find_source_dirs
 
     if not path.exists():
-        raise FileNotFoundError(f"{path}")
+        raise InvalidPathError(f"no such file or folder: {path}", option="path")
     find_source_dirs(path)  # nothing to import: exit 2 before opening the mirror
     with open_mirror(db, read_only=False) as mirror:
         reports = mirror.import_(path)

@@ -23,8 +23,7 @@ def fetch(
 ) -> None:
     """Fetch features from Neuronpedia and print them (use `sync` to keep them)."""
     from npclient import Feature, FeatureId, NeuronpediaClient
-    from npclient.client import DEFAULT_BUDGET
-    from npclient.pacing import Budget
+    from npclient.http.pacing import DEFAULT_BUDGET, Budget
 
     feature_ids = [FeatureId.parse(text) for text in ids]  # bad ids fail before any request
     budget = Budget.per_second(rate) if rate is not None else DEFAULT_BUDGET

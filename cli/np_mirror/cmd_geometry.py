@@ -17,19 +17,36 @@ geometry_app = typer.Typer(
     no_args_is_help=True,
 )
 
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cuda, mps or cpu [default: the best available].", show_default=False)]
-FeaturesOpt = Annotated[Optional[str], typer.Option("--features", help="Comma-separated feature indices.", show_default=False)]
-WhereOpt = Annotated[Optional[str], typer.Option("--where", help="SQL condition on the features table, e.g. \"top_explanation ILIKE '%day%'\".", show_default=False)]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Write a plot: .png (matplotlib) or .html (plotly, works offline).", show_default=False)]
 
-
-def _features(text: Optional[str]) -> Optional[list[int]]:
-    if text is None:
-        return None
+def _parse_features(text: str) -> list[int]:
     try:
         return [int(x) for x in text.replace(" ", "").split(",") if x]
     except ValueError:
-        raise ValueError(f"--features takes comma-separated integers, got {text!r}") from None
+        raise typer.BadParameter(f"takes comma-separated integers, got {text!r}") from None
+
+
+def _check_features(value: Optional[str]) -> Optional[str]:
+    """Refuse `--features 1,x` while parsing, before the mirror is opened."""
+    if value is not None:
+        _parse_features(value)
+    return value
+
+
+def _check_out(value: Optional[Path]) -> Optional[Path]:
+    """Refuse a plot path of another kind while parsing, before any work is done."""
+    if value is not None and value.suffix.lower() not in (".png", ".html"):
+        raise typer.BadParameter(f"a plot is written as .png or .html, got {value.name!r}")
+    return value
+
+
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cuda, mps or cpu [default: the best available].", show_default=False)]
+FeaturesOpt = Annotated[Optional[str], typer.Option("--features", help="Comma-separated feature indices.", show_default=False, callback=_check_features)]
+WhereOpt = Annotated[Optional[str], typer.Option("--where", help="SQL condition on the features table, e.g. \"top_explanation ILIKE '%day%'\".", show_default=False)]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Write a plot: .png (matplotlib) or .html (plotly, works offline).", show_default=False, callback=_check_out)]
+
+
+def _features(text: Optional[str]) -> Optional[list[int]]:
+    return None if text is None else _parse_features(text)
 
 
 class _Bar:
@@ -58,7 +75,7 @@ class _Bar:
 
 def neighbors(
     feature_id: Annotated[str, typer.Argument(help="Feature id, e.g. gpt2-small/7-res-jb/2592.", show_default=False)],
-    k: Annotated[int, typer.Option("-k", help="How many neighbours.")] = 10,
+    k: Annotated[int, typer.Option("-k", min=1, help="How many neighbours.")] = 10,
     against: Annotated[Optional[str], typer.Option("--against", help="Search another source's decoder (same d_in).", show_default=False)] = None,
     db: DbOpt = None,
     fmt: FormatOpt = Format.table,
@@ -69,8 +86,6 @@ def neighbors(
     from npclient.geometry import api
 
     fid = FeatureId.parse(feature_id)
-    if k < 1:
-        raise ValueError("-k must be >= 1")
     with open_mirror(db, read_only=False) as mirror:
         table = api.neighbors(mirror, fid, k, against=against, device=device)
     rows_out(table.to_pylist(), fmt, ["rank", "index", "cosine", "explanation"])
@@ -79,7 +94,7 @@ def neighbors(
 @geometry_app.command("allpairs")
 def allpairs(
     source: Annotated[str, typer.Argument(help="Source, e.g. gpt2-small/7-res-jb.", show_default=False)],
-    k: Annotated[int, typer.Option("-k", help="Neighbours per feature (self first).")] = 25,
+    k: Annotated[int, typer.Option("-k", min=1, help="Neighbours per feature (self first).")] = 25,
     db: DbOpt = None,
     device: DeviceOpt = None,
     dtype: Annotated[str, typer.Option("--dtype", help="float32 (exact), or bfloat16/float16 on a GPU.")] = "float32",
@@ -96,10 +111,10 @@ def allpairs(
 def match(
     source_a: Annotated[str, typer.Argument(help="Source whose features are matched.", show_default=False)],
     source_b: Annotated[str, typer.Argument(help="Source searched (e.g. a wider SAE of the same layer).", show_default=False)],
-    k: Annotated[int, typer.Option("-k", help="Matches per feature.")] = 1,
+    k: Annotated[int, typer.Option("-k", min=1, help="Matches per feature.")] = 1,
     db: DbOpt = None,
     fmt: FormatOpt = Format.table,
-    limit: Annotated[int, typer.Option("--limit", help="Rows printed (0: all); every match is stored in `matches`.")] = 30,
+    limit: Annotated[int, typer.Option("--limit", min=0, help="Rows printed (0: all); every match is stored in `matches`.")] = 30,
     device: DeviceOpt = None,
 ) -> None:
     """For each feature of A its best decoder matches in B: feature splitting across widths."""
@@ -124,40 +139,52 @@ def nullspace(
     """Features a head cannot see (null space of W_K), and those its OV map suppresses."""
     from npclient.geometry import api
 
-    M = _load_matrix(matrix, tensor)
-    ov = _load_matrix(matrix, ov_tensor) if ov_tensor else None
+    M = _load_matrix(matrix, tensor, "'--tensor'")
+    ov = _load_matrix(matrix, ov_tensor, "'--ov-tensor'") if ov_tensor else None
     name = f"{matrix.name}:{tensor}" if tensor else matrix.name
     with open_mirror(db, read_only=False) as mirror:
         table = api.head_features(mirror, source, M, name=name, threshold=threshold, ov=ov)
     rows_out(table.to_pylist(), fmt, ["index", "colspace_fraction", "invisible", "suppression", "suppressed", "explanation"])
 
 
-def _load_matrix(path: Path, tensor: Optional[str]):
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _load_matrix(path: Path, tensor: Optional[str], tensor_flag: str):
+    """`--matrix` as an array: a .npy file, or one tensor of a .safetensors file. A file that
+    cannot serve is bad input (exit 2), said with the flag to change."""
     import numpy as np
 
     if not path.is_file():
-        raise FileNotFoundError(str(path))
+        raise typer.BadParameter(f"no such file: {path}", param_hint="'--matrix'")
     if path.suffix == ".npy":
-        return np.load(path)
+        try:
+            return np.load(path)
+        except (OSError, ValueError, EOFError) as exc:  # truncated, not a .npy, or pickled objects
+            raise typer.BadParameter(f"{path} is not a readable .npy array: {_first_line(exc)}", param_hint="'--matrix'") from None
     if path.suffix == ".safetensors":
         from safetensors.numpy import load_file
 
         try:
             tensors = load_file(str(path))
         except Exception as exc:  # noqa: BLE001 - safetensors raises several kinds
-            raise ValueError(f"{path} is not a readable safetensors file: {str(exc).splitlines()[0]}") from None
+            raise typer.BadParameter(f"{path} is not a readable safetensors file: {_first_line(exc)}", param_hint="'--matrix'") from None
         if tensor is None or tensor not in tensors:
-            raise ValueError(f"name the tensor with --tensor; {path.name} has: {', '.join(sorted(tensors))}")
+            what = "name a tensor" if tensor is None else f"no tensor {tensor!r}"
+            raise typer.BadParameter(f"{what}; {path.name} has: {', '.join(sorted(tensors))}", param_hint=tensor_flag)
         return tensors[tensor]
-    raise ValueError(f"--matrix must be a .npy or .safetensors file, got {path.name}")
+    raise typer.BadParameter(f"a .npy or .safetensors file is needed, got {path.name}", param_hint="'--matrix'")
 
 
 def _selection(mirror, source: str, features: Optional[str], where: Optional[str]):
+    from npclient.errors import InvalidOptionError
     from npclient.geometry import api
 
     chosen = api.select_features(mirror, source, features=_features(features), where=where)
     if len(chosen) < 2:
-        raise ValueError(f"the selection has {len(chosen)} feature(s); at least 2 are needed")
+        raise InvalidOptionError(f"the selection has {len(chosen)} feature(s); at least 2 are needed",
+                                 option="where" if where is not None else "features")
     return chosen
 
 
@@ -191,7 +218,7 @@ def umap(
     source: Annotated[str, typer.Argument(show_default=False, help="Source, e.g. gpt2-small/7-res-jb.")],
     features: FeaturesOpt = None,
     where: WhereOpt = None,
-    k: Annotated[int, typer.Option("-k", help="Neighbours in the kNN graph.")] = 15,
+    k: Annotated[int, typer.Option("-k", min=2, help="Neighbours in the kNN graph (self included).")] = 15,
     out: OutOpt = None,
     db: DbOpt = None,
 ) -> None:
@@ -219,7 +246,7 @@ def cluster(
     features: FeaturesOpt = None,
     where: WhereOpt = None,
     threshold: Annotated[Optional[float], typer.Option("--threshold", help="Cut the tree at this cosine distance.", show_default=False)] = None,
-    n_clusters: Annotated[Optional[int], typer.Option("--clusters", help="Or cut it into this many clusters.", show_default=False)] = None,
+    n_clusters: Annotated[Optional[int], typer.Option("--clusters", min=1, help="Or cut it into this many clusters.", show_default=False)] = None,
     out: OutOpt = None,
     db: DbOpt = None,
     fmt: FormatOpt = Format.table,

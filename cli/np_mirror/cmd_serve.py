@@ -48,6 +48,8 @@ def serve(
     path = db if db is not None else default_db_path()
     if not path.exists():
         raise fail(f"no mirror at {path} (run `np-mirror sync` first, or pass --db)")
+    if any(not h.strip() for h in allowed_host):
+        raise fail("--allowed-host takes a host name, got an empty one")
     hosts = list(DEFAULT_ALLOWED_HOSTS) + list(allowed_host)
     if allow_remote and not _is_loopback(host) and host not in ("0.0.0.0", "::"):
         hosts.append(host)

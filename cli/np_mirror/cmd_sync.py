@@ -45,7 +45,7 @@ def sync(
 
     parsed = [parse_target(t) for t in targets]  # bad ids: exit 2 before anything
     if api_only and exports_only:
-        raise ValueError("--api-only and --exports-only exclude each other")
+        raise typer.BadParameter("--api-only and --exports-only exclude each other", param_hint="--api-only")
     check_client_options(rate, concurrency)
     display = SyncDisplay(enabled=not quiet)
     with open_mirror(db, read_only=False) as mirror, display:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from npclient.errors import InvalidOptionError
+
 from .output import hint
 
 
@@ -15,15 +17,17 @@ def open_mirror(db: Optional[Path], *, read_only: bool, linger_s: float = 0.0):
 
 
 def check_client_options(rate: Optional[float], concurrency: int) -> None:
+    """The checks the options themselves make while parsing (options.py), for callers that
+    build a client without going through them."""
     if rate is not None and rate <= 0:
-        raise ValueError("--rate must be > 0")
+        raise InvalidOptionError(f"rate must be > 0, got {rate}", option="rate")
     if concurrency < 1:
-        raise ValueError("--concurrency must be >= 1")
+        raise InvalidOptionError(f"concurrency must be >= 1, got {concurrency}", option="concurrency")
 
 
 def make_client(base_url: Optional[str], rate: Optional[float], concurrency: int):
     from npclient import NeuronpediaClient
-    from npclient.pacing import DEFAULT_BUDGET, Budget
+    from npclient.http.pacing import DEFAULT_BUDGET, Budget
 
     check_client_options(rate, concurrency)
     budget = Budget.per_second(rate) if rate is not None else DEFAULT_BUDGET

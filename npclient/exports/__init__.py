@@ -1,15 +1,18 @@
-"""Neuronpedia's bulk exports (public S3 dumps): layout, unsigned listing, resumable download.
+"""Neuronpedia's bulk exports (public S3 dumps): their layout, download and files on disk.
 
     async with ExportBucket() as bucket:                       # or ExportBucket("http://127.0.0.1:9000/bkt")
         objects = await bucket.list_source(SourceId.parse("gpt2-small/0-res-jb"))
         report = await download(bucket, objects, exports_dir())  # resumable, verified, idempotent
 
-`plan_export` picks, for a `--range`, the files that hold it and weighs them against the API
-requests the range needs (`BYTES_PER_REQUEST`). Nothing here signs a request: the bucket is
-read anonymously.
+`layout.py` says where each file sits (in the bucket and in the cache), `download.py` fetches
+them, `files.py` finds and reads them on disk. The bucket's client is `npclient.http.s3`; what
+a sync takes from an export, and whether a range's files cost less than the API
+(`plan_export`, `BYTES_PER_REQUEST`), is `npclient.sync.exports` (loaded on first use, since it
+needs the store). Nothing here signs a request: the bucket is read anonymously.
 """
 
-from .download import DownloadReport, ProgressFn, download, is_complete
+from typing import Any
+
 from .layout import (
     DEFAULT_EXPORTS_URL,
     ExportFile,
@@ -20,8 +23,25 @@ from .layout import (
     sort_batches,
     source_prefix,
 )
-from .plan import BYTES_PER_REQUEST, ExportPlan, plan_export
-from .s3 import ExportBucket, S3Object
+from .download import DownloadReport, ProgressFn, download, is_complete  # noqa: I001 (after layout)
+from ..http.s3 import ExportBucket, S3Object
+
+#: Names that live in `npclient.sync.exports`, loaded on first use (it needs the store, and so DuckDB).
+_LAZY = {"BYTES_PER_REQUEST": "npclient.sync.exports", "ExportPlan": "npclient.sync.exports",
+         "plan_export": "npclient.sync.exports"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = sorted(
     [

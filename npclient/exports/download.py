@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional, Union
 
-from ..errors import APIStatusError, CorruptDownload, ExportError, NPError, NPTransportError
+from ..errors import APIStatusError, CorruptDownload, ExportError, InvalidOptionError, NPError, NPTransportError
 from ..paths import exports_dir
 from .layout import ensure_inside, local_path, parse_key
-from .s3 import ExportBucket, S3Object, iter_raw, normalize_etag
+from ..http.s3 import ExportBucket, S3Object, iter_raw, normalize_etag
 
 __all__ = ["DownloadReport", "ProgressFn", "download", "is_complete"]
 
@@ -319,7 +319,7 @@ async def download(
     retries land in `report.failed` (key -> one-line reason) and the other files go on.
     """
     if concurrency < 1:
-        raise ValueError("concurrency must be >= 1")
+        raise InvalidOptionError("concurrency must be >= 1", option="concurrency")
     root = Path(cache_root if cache_root is not None else exports_dir()).expanduser()
     report = DownloadReport()
     jobs: list[tuple[S3Object, _Paths]] = []

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, TypeVar, Union
 
-from ..errors import InvalidIdError, UnsafeKey
+from ..errors import InvalidIdError, InvalidOptionError, UnsafeKey
 from ..ids import SourceId
 
 __all__ = [
@@ -66,7 +66,7 @@ def exports_url(url: Optional[str] = None) -> str:
     if value.endswith("/v1"):  # a common slip: the root is wanted, `v1/` belongs to the keys
         value = value[: -len("/v1")]
     if not value.startswith(("http://", "https://")):
-        raise ValueError(f"exports URL must start with http:// or https://, got {value!r}")
+        raise InvalidOptionError(f"exports URL must start with http:// or https://, got {value!r}", option="exports_url")
     return value
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import numpy as np
 import pyarrow as pa
 
-from ..errors import QueryError, WeightsError
+from ..errors import InvalidOptionError, QueryError, WeightsError
 from ..ids import FeatureId, FeatureIdLike, SourceId
 
 if TYPE_CHECKING:
@@ -51,18 +51,20 @@ def select_features(mirror: "Mirror", source: SourceLike, *, features: Optional[
     """Feature indices by list or by a SQL condition on the `features` table (e.g. `top_explanation ILIKE '%day%'`)."""
     sid = _sid(source)
     if features is not None and where is not None:
-        raise ValueError("give --features or --where, not both")
+        raise InvalidOptionError("choose the features by a list (features) or by a condition (where), not both",
+                                 option="where")
     if features is not None:
         return np.asarray(sorted(set(int(i) for i in features)), dtype=np.int64)
     if where is None:
-        raise ValueError("choose the features: --features 1,2,3 or --where \"top_explanation ILIKE '%day%'\"")
+        raise InvalidOptionError("choose the features: a list of indices (features), or a SQL condition on the "
+                                 "features table (where), e.g. \"top_explanation ILIKE '%day%'\"", option="features")
     try:
         table = mirror.sql(
             f'SELECT "index" FROM features WHERE model_id = ? AND source = ? AND ({where}) ORDER BY "index"',
             [sid.model_id, sid.source],
         )
     except QueryError as exc:
-        raise QueryError(f"--where {where!r}: {exc}") from None
+        raise QueryError(f"the condition {where!r}: {exc}") from None
     return np.asarray(table.column("index").to_pylist(), dtype=np.int64)
 
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Literal, Optional
 import numpy as np
 import torch
 
+from ..errors import InvalidOptionError
 from .device import from_numpy
 from .heap_kernel import _numba_scan
 from .merge import _NEG, TopK
@@ -38,16 +39,16 @@ def default_block_rows(device: torch.device, d: int, dtype: torch.dtype = torch.
 def _resolve_selection(selection: str, device: torch.device) -> str:
     """The selection mode: "heap" (numba, CPU), "threshold" (torch sparse) or "dense"."""
     if selection not in _SELECTIONS:
-        raise ValueError(f"selection must be one of {_SELECTIONS}, got {selection!r}")
+        raise InvalidOptionError(f"selection must be one of {_SELECTIONS}, got {selection!r}", option="selection")
     if selection == "auto":
         if device.type != "cpu":
             return "dense"
         return "heap" if _numba_scan() is not None else "threshold"
     if selection == "heap":
         if device.type != "cpu":
-            raise ValueError("selection='heap' runs on CPU only")
+            raise InvalidOptionError(f"selection 'heap' runs on CPU only, not on {device.type}", option="selection")
         if _numba_scan() is None:
-            raise ValueError("selection='heap' needs numba")
+            raise InvalidOptionError("selection 'heap' needs numba, which is not installed", option="selection")
     return selection
 
 
@@ -56,7 +57,7 @@ def _n_rows(x: Any) -> tuple[int, int]:
     if len(shape) == 1:
         return 1, int(shape[0])
     if len(shape) != 2:
-        raise ValueError(f"expected a matrix (rows x dims), got shape {shape}")
+        raise InvalidOptionError(f"expected a matrix (rows x dims), got shape {shape}")
     return int(shape[0]), int(shape[1])
 
 
@@ -83,9 +84,9 @@ def _exclude_vector(exclude: Any, nq: int, nk: int) -> Optional[torch.Tensor]:
     if ex.numel() == 1 and nq != 1:
         ex = ex.expand(nq).clone()
     if ex.numel() != nq:
-        raise ValueError(f"exclude must give one key index per query ({nq}), got {ex.numel()}")
+        raise InvalidOptionError(f"exclude must give one key index per query ({nq}), got {ex.numel()}", option="exclude")
     if bool(((ex >= nk) | (ex < -1)).any()):
-        raise ValueError("exclude entries must be key indices or -1 (none)")
+        raise InvalidOptionError(f"exclude entries must be key indices below {nk} or -1 (none)", option="exclude")
     return ex
 
 

@@ -17,6 +17,8 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
+from ..errors import InvalidOptionError
+
 __all__ = ["DTypeLike", "DeviceLike", "pick_device", "resolve_dtype", "normalize_rows", "as_float32", "from_numpy", "device_name"]
 
 DeviceLike = Union[None, str, torch.device]
@@ -37,11 +39,31 @@ def _mps_available() -> bool:
         return False
 
 
+def _checked_device(device: Union[str, torch.device]) -> torch.device:
+    """`device` as a torch.device; a name is refused (InvalidOptionError) when unknown or not
+    present here. A torch.device passes as it is (the engine hands its own around)."""
+    if isinstance(device, torch.device):
+        return device
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InvalidOptionError(f"unknown device {device!r}: use cuda, cuda:N, mps or cpu", option="device") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InvalidOptionError(f"device {device!r} asked for, but no CUDA GPU is available", option="device")
+        if dev.index is not None and dev.index >= count:
+            raise InvalidOptionError(f"device {device!r} asked for, but there are {count} CUDA GPU(s)", option="device")
+    elif dev.type == "mps" and not _mps_available():
+        raise InvalidOptionError(f"device {device!r} asked for, but MPS is not available", option="device")
+    return dev
+
+
 def pick_device(device: DeviceLike = None) -> torch.device:
     """`device` if given (a string such as "cuda:1" or a `torch.device`), else the best present:
     CUDA, then MPS, then CPU."""
     if device is not None:
-        return device if isinstance(device, torch.device) else torch.device(device)
+        return _checked_device(device)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if _mps_available():
@@ -63,10 +85,10 @@ def resolve_dtype(dtype: DTypeLike, device: DeviceLike = None) -> torch.dtype:
     else:
         name = str(dtype).lower().removeprefix("torch.")
         if name not in _DTYPE_NAMES:
-            raise ValueError(f"unsupported dtype {dtype!r}: use float32, bfloat16 or float16")
+            raise InvalidOptionError(f"unsupported dtype {dtype!r}: use float32, bfloat16 or float16", option="dtype")
         dt = _DTYPE_NAMES[name]
     if dt not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"unsupported dtype {dt}: use float32, bfloat16 or float16")
+        raise InvalidOptionError(f"unsupported dtype {dt}: use float32, bfloat16 or float16", option="dtype")
     dev = pick_device(device)
     if dev.type == "cuda" and dt == torch.float32:
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -101,7 +123,7 @@ def as_float32(x: Any, device: DeviceLike = None) -> torch.Tensor:
     if t.ndim == 1:
         t = t.unsqueeze(0)
     if t.ndim != 2:
-        raise ValueError(f"expected a matrix (rows x dims) or one vector, got shape {tuple(t.shape)}")
+        raise InvalidOptionError(f"expected a matrix (rows x dims) or one vector, got shape {tuple(t.shape)}")
     if dev is not None and t.device != dev:
         t = t.to(dev)
     if t.dtype != torch.float32:

@@ -15,6 +15,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from ..errors import InvalidOptionError
+
 __all__ = ["TopK", "merge_topk"]
 
 _NEG = float("-inf")
@@ -74,7 +76,7 @@ class TopK:
         else:
             q = np.asarray(query_ids.cpu() if isinstance(query_ids, torch.Tensor) else query_ids, dtype=np.int64)
             if q.shape != (n,):
-                raise ValueError(f"query_ids must have {n} entries, got shape {q.shape}")
+                raise InvalidOptionError(f"query_ids must have {n} entries, got shape {q.shape}", option="query_ids")
         return pa.table({
             query_column: pa.array(np.repeat(q, k)),
             rank_column: pa.array(np.tile(np.arange(k, dtype=np.int32), n)),
@@ -134,12 +136,12 @@ def merge_topk(
     va, vb = _as_tensor(vals_a, torch.float32), _as_tensor(vals_b, torch.float32)
     ia, ib = _as_tensor(idx_a, torch.int64), _as_tensor(idx_b, torch.int64)
     if va.shape != ia.shape or vb.shape != ib.shape or va.ndim != 2 or va.shape[0] != vb.shape[0]:
-        raise ValueError(f"shape mismatch: values {tuple(va.shape)}/{tuple(vb.shape)}, indices "
-                         f"{tuple(ia.shape)}/{tuple(ib.shape)}")
+        raise InvalidOptionError(f"shape mismatch: values {tuple(va.shape)}/{tuple(vb.shape)}, indices "
+                                 f"{tuple(ia.shape)}/{tuple(ib.shape)}")
     v, i = torch.cat((va, vb), 1), torch.cat((ia, ib), 1)
     k = min(int(k), v.shape[1])
     if k < 0:
-        raise ValueError("k must be >= 0")
+        raise InvalidOptionError(f"k must be >= 0, got {k}", option="k")
     if sorted:
         sv, si = _sort_rows(v, i)
         return TopK(sv[:, :k].contiguous(), si[:, :k].contiguous())

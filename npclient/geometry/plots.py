@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from ..errors import InvalidOptionError, InvalidPathError
+
 if TYPE_CHECKING:
     from .subspace import ClusterResult, PCAResult
 
@@ -35,7 +37,7 @@ def _format(path: Union[str, Path]) -> tuple[Path, str]:
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix not in PLOT_SUFFIXES:
-        raise ValueError(f"plot path must end in .png or .html, got {p.name!r}")
+        raise InvalidPathError(f"plot path must end in .png or .html, got {p.name!r}", option="path")
     p.parent.mkdir(parents=True, exist_ok=True)
     return p, suffix[1:]
 
@@ -50,7 +52,7 @@ def _texts(labels: Labels, features: np.ndarray) -> list[str]:
     else:
         texts = list(labels)
         if len(texts) != n:
-            raise ValueError(f"labels has {len(texts)} entries for {n} points")
+            raise InvalidOptionError(f"labels has {len(texts)} entries for {n} points", option="labels")
     return [f"#{int(f)} {t}" if t else f"#{int(f)}" for f, t in zip(features, texts)]
 
 
@@ -177,7 +179,7 @@ def plot_umap(
     xy = np.asarray(coords.detach().cpu().numpy() if hasattr(coords, "detach") else coords, dtype=np.float64)
     ids = np.arange(len(xy)) if features is None else np.asarray(list(features), dtype=np.int64)
     if len(ids) != len(xy):
-        raise ValueError(f"features has {len(ids)} ids for {len(xy)} points")
+        raise InvalidOptionError(f"features has {len(ids)} ids for {len(xy)} points", option="features")
     return _scatter(
         xy[:, :2], _texts(labels, ids), p, fmt, colors=colors, title=title or f"UMAP of {len(xy)} features",
         xlabel="UMAP 1", ylabel="UMAP 2", annotate=True,

@@ -24,6 +24,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from ..errors import FeatureOutOfRange, InvalidOptionError
+
 __all__ = [
     "PCAResult",
     "ClusterResult",
@@ -64,7 +66,7 @@ def _to_numpy(x: ArrayLike) -> np.ndarray:
 def _matrix(x: ArrayLike, name: str) -> np.ndarray:
     a = _to_numpy(x)
     if a.ndim != 2:
-        raise ValueError(f"{name} must be 2-D, got shape {tuple(a.shape)}")
+        raise InvalidOptionError(f"{name} must be 2-D, got shape {tuple(a.shape)}", option=name)
     return a
 
 
@@ -75,7 +77,7 @@ def _feature_ids(n: int, features: Features) -> np.ndarray:
     ids = np.asarray(_to_numpy(features) if hasattr(features, "detach") else list(features), dtype=np.int64).reshape(-1)
     if ids.size and (ids.min() < -n or ids.max() >= n):
         bad = ids[(ids < -n) | (ids >= n)][0]
-        raise IndexError(f"feature {int(bad)} is out of range for {n} rows")
+        raise FeatureOutOfRange(f"feature {int(bad)} is out of range for {n} rows", option="features")
     return np.where(ids < 0, ids + n, ids)
 
 
@@ -84,7 +86,7 @@ def _rows(W: ArrayLike, features: Features, dtype: type = np.float64) -> tuple[n
     so choosing 10 rows of a GPU tensor copies 10 rows, not the decoder."""
     if hasattr(W, "detach") and hasattr(W, "shape"):
         if len(W.shape) != 2:
-            raise ValueError(f"W must be 2-D, got shape {tuple(W.shape)}")
+            raise InvalidOptionError(f"W must be 2-D, got shape {tuple(W.shape)}", option="W")
         ids = _feature_ids(int(W.shape[0]), features)
         sub = W if features is None else W[ids.tolist()]
         return np.array(_to_numpy(sub), dtype=dtype), ids
@@ -103,7 +105,7 @@ def _row_blocks(W: ArrayLike, ids: np.ndarray, width: int, expected: str) -> Ite
     for start in range(0, len(ids), _BLOCK_ROWS):
         X, _ = _rows(W, ids[start : start + _BLOCK_ROWS])
         if X.shape[1] != width:
-            raise ValueError(f"W rows have width {X.shape[1]} but {expected}")
+            raise InvalidOptionError(f"W rows have width {X.shape[1]} but {expected}", option="W")
         yield slice(start, start + len(X)), X
 
 
@@ -155,10 +157,11 @@ def pca(
     X, ids = X[keep], ids[keep]
     m, d = X.shape
     if m < 2:
-        raise ValueError(f"PCA needs at least 2 rows without NaN, got {m}")
+        raise InvalidOptionError(f"PCA needs at least 2 rows without NaN, got {m}", option="features")
     c = int(n_components)
     if not 1 <= c <= min(m, d):
-        raise ValueError(f"n_components must be in [1, {min(m, d)}] for {m} rows of width {d}, got {n_components}")
+        raise InvalidOptionError(f"n_components must be in [1, {min(m, d)}] for {m} rows of width {d}, got {n_components}",
+                                 option="n_components")
     mean = X.mean(axis=0) if center else np.zeros(d)
     Xc = X - mean
     _, s, Vt = np.linalg.svd(Xc, full_matrices=False)
@@ -181,7 +184,7 @@ def circular_order(coords: ArrayLike) -> list[int]:
     """
     P = _matrix(coords, "coords").astype(np.float64)
     if P.shape[1] < 2:
-        raise ValueError(f"coords need at least 2 columns, got {P.shape[1]}")
+        raise InvalidOptionError(f"coords need at least 2 columns, got {P.shape[1]}", option="coords")
     P = P[:, :2] - P[:, :2].mean(axis=0)
     angles = np.arctan2(P[:, 1], P[:, 0])
     return [int(i) for i in np.argsort(angles, kind="stable")]
@@ -247,21 +250,22 @@ def cluster(
     from scipy.spatial.distance import pdist
 
     if method not in _METHODS:
-        raise ValueError(f"method must be one of {', '.join(_METHODS)}; got {method!r}")
+        raise InvalidOptionError(f"method must be one of {', '.join(_METHODS)}; got {method!r}", option="method")
     if threshold is not None and n_clusters is not None:
-        raise ValueError("give threshold or n_clusters, not both")
+        raise InvalidOptionError("give threshold or n_clusters, not both", option="n_clusters")
     n_rows = _row_count(W)
     size = n_rows if features is None else len(_feature_ids(n_rows, features))
     if size > max_features:
-        raise ValueError(
+        raise InvalidOptionError(
             f"cluster: {size} features is over the cap of {max_features} (max_features); "
-            f"choose fewer features or raise the cap"
+            f"choose fewer features or raise the cap", option="features"
         )
     X, ids = _rows(W, features)
     valid = _valid_rows(X)
     dropped, X, ids = ids[~valid], X[valid], ids[valid]
     if X.shape[0] < 2:
-        raise ValueError(f"clustering needs at least 2 rows with a direction (non-zero, no NaN), got {X.shape[0]}")
+        raise InvalidOptionError(f"clustering needs at least 2 rows with a direction (non-zero, no NaN), got {X.shape[0]}",
+                                 option="features")
     X = X / np.linalg.norm(X, axis=1, keepdims=True)
     if method in _EUCLIDEAN_METHODS:
         Z = linkage(X, method=method, metric="euclidean")
@@ -274,7 +278,7 @@ def cluster(
         labels = fcluster(Z, t=float(threshold), criterion="distance")
     elif n_clusters is not None:
         if n_clusters < 1:
-            raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
+            raise InvalidOptionError(f"n_clusters must be >= 1, got {n_clusters}", option="n_clusters")
         labels = fcluster(Z, t=int(n_clusters), criterion="maxclust")
     return ClusterResult(
         linkage=Z, leaf_order=leaves_list(Z).astype(np.int64), labels=labels, features=ids, method=method, dropped=dropped
@@ -310,9 +314,9 @@ def umap_embed(
     Xv = X[valid]
     n = Xv.shape[0]
     if k < 2:
-        raise ValueError(f"k must be >= 2 (self plus at least one neighbour), got {k}")
+        raise InvalidOptionError(f"k must be >= 2 (self plus at least one neighbour), got {k}", option="k")
     if n <= k:
-        raise ValueError(f"UMAP with k={k} needs more than {k} rows with a direction, got {n}")
+        raise InvalidOptionError(f"UMAP with k={k} needs more than {k} rows with a direction, got {n}", option="k")
     Xv /= np.linalg.norm(Xv, axis=1, keepdims=True)
 
     from .knn import all_pairs_topk  # looked up through the facade: tests spy on it there
@@ -387,7 +391,7 @@ def _colspace_basis(M: np.ndarray, rtol: Optional[float]) -> tuple[np.ndarray, n
     from the rounding, which must count as zero.
     """
     if not np.isfinite(M).all():
-        raise ValueError("M contains NaN or inf")
+        raise InvalidOptionError("the matrix M contains NaN or inf", option="M")
     eps = np.finfo(M.dtype).eps if np.issubdtype(M.dtype, np.floating) else np.finfo(np.float64).eps
     M64 = M.astype(np.float64)
     U, s, _ = np.linalg.svd(M64, full_matrices=True)
@@ -421,7 +425,7 @@ def null_space_fraction(
     d_in = Mn.shape[0]
     Q, Qperp = _colspace_basis(Mn, rtol)
     if hasattr(W, "shape") and len(W.shape) == 2 and int(W.shape[1]) != d_in:
-        raise ValueError(f"W rows have width {int(W.shape[1])} but M has {d_in} rows (expected d_in x r)")
+        raise InvalidOptionError(f"W rows have width {int(W.shape[1])} but M has {d_in} rows (expected d_in x r)", option="M")
     n_rows = _row_count(W)
     ids = _feature_ids(n_rows, features)
     col = np.empty(len(ids))
@@ -498,7 +502,7 @@ def suppression(
     """
     OVn = _matrix(OV, "OV").astype(np.float64)
     if OVn.shape[0] != OVn.shape[1]:
-        raise ValueError(f"OV must be square (d_in x d_in), got {tuple(OVn.shape)}")
+        raise InvalidOptionError(f"OV must be square (d_in x d_in), got {tuple(OVn.shape)}", option="OV")
     d_in = OVn.shape[0]
     n_rows = _row_count(W)
     ids = _feature_ids(n_rows, features)

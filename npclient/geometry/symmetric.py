@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..errors import InvalidOptionError
 from .blocks import Progress, Selection, _fill, _n_rows, _rescore, _resolve_selection, default_block_rows
 from .dense import _dense, _lower_bounds, _threshold
 from .device import DeviceLike, DTypeLike, as_float32, normalize_rows, pick_device, resolve_dtype
@@ -47,7 +48,7 @@ def all_pairs_topk(
     mode = _resolve_selection(selection, dev)
     n, d = _n_rows(W)
     if k < 0:
-        raise ValueError("k must be >= 0")
+        raise InvalidOptionError(f"k must be >= 0, got {k}", option="k")
     k_total = min(int(k), n)
     if k_total == 0:
         return TopK(torch.empty((n, 0), dtype=torch.float32), torch.empty((n, 0), dtype=torch.int64))

@@ -51,6 +51,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from ..errors import FeatureOutOfRange, InvalidOptionError
 from .blocks import (
     Progress,
     Selection,
@@ -104,9 +105,9 @@ def topk_cosine(
     nq, d = _n_rows(queries)
     nk, dk = _n_rows(keys)
     if d != dk:
-        raise ValueError(f"queries have {d} dims, keys {dk}")
+        raise InvalidOptionError(f"queries have {d} dims, keys {dk}", option="keys")
     if k < 0:
-        raise ValueError("k must be >= 0")
+        raise InvalidOptionError(f"k must be >= 0, got {k}", option="k")
     ex = _exclude_vector(exclude, nq, nk)
     width = min(int(k), nk - (1 if ex is not None and bool((ex >= 0).any()) else 0))
     if width <= 0 or nq == 0:
@@ -287,7 +288,8 @@ def feature_topk(W: Any, features: Any, k: int, **kw: Any) -> TopK:
                             dtype=torch.int64).reshape(-1)
     n, _ = _n_rows(W)
     if feats.numel() and (int(feats.min()) < 0 or int(feats.max()) >= n):
-        raise IndexError(f"feature index out of range for {n} rows")
+        bad = int(feats.min()) if int(feats.min()) < 0 else int(feats.max())
+        raise FeatureOutOfRange(f"feature {bad} is out of range for {n} rows", option="features")
     k_total = min(int(k), n)
     dev = pick_device(kw.get("device"))
     Wt = W if isinstance(W, torch.Tensor) else None

@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import wire
-from ..errors import MirrorBusyError
+from ..errors import InvalidOptionError, MirrorBusyError, MirrorNotFound
 from .api import MirrorReader, api_routes, json_response
 from .pages import page_routes, render_error
 
@@ -155,6 +155,21 @@ async def _busy(request: Request, exc: Exception) -> Response:
     return response
 
 
+def _check_startup(mirror_path: str | Path, allowed_hosts: Sequence[str], linger_s: float, wait_s: float) -> None:
+    """Refuse, before serving anything, what would make every request fail or the host check wrong."""
+    if not Path(mirror_path).exists():
+        raise MirrorNotFound(f"no mirror at {mirror_path} (run `np-mirror sync` first, or serve an existing mirror)")
+    if isinstance(allowed_hosts, (str, bytes)):
+        raise InvalidOptionError(f"allowed_hosts takes a list of host names, not the string {allowed_hosts!r}",
+                                 option="allowed_hosts")
+    empty = [h for h in allowed_hosts if not str(h).strip()]
+    if empty:
+        raise InvalidOptionError("allowed_hosts holds an empty host name", option="allowed_hosts")
+    for name, value in (("linger_s", linger_s), ("wait_s", wait_s)):
+        if not value >= 0:
+            raise InvalidOptionError(f"{name} must be >= 0 seconds, got {value}", option=name)
+
+
 def create_app(
     mirror_path: str | Path,
     *,
@@ -167,7 +182,10 @@ def create_app(
     The database is opened per request and released `linger_s` after the last one, so a
     sync in another process gets the file between requests. Requests whose `Host` header
     is not in `allowed_hosts` (names, any port; "*" allows all) get 400 with a JSON body.
+    Startup errors: `MirrorNotFound` when no file is at `mirror_path`, `InvalidOptionError`
+    for an `allowed_hosts` that is one string or holds an empty name, or a negative time.
     """
+    _check_startup(mirror_path, allowed_hosts, linger_s, wait_s)
     reader = MirrorReader(mirror_path, linger_s=linger_s, wait_s=wait_s)
 
     @contextlib.asynccontextmanager

@@ -21,7 +21,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from .. import wire
-from .api import _INT_RE, MirrorReader, _stored_index, _valid_source
+from .reader import _INT_RE, MirrorReader, _stored_index, _valid_source
 
 __all__ = ["page_routes", "render_error", "visible_token", "TEMPLATES"]
 

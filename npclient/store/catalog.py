@@ -125,3 +125,37 @@ def status_rows(db: Database) -> list[dict[str, Any]]:
         result = cur.execute(STATUS_SQL)
         cols = [d[0] for d in result.description]
         return [dict(zip(cols, row)) for row in result.fetchall()]
+
+
+# ---- the export bookkeeping the exports-first sync reads --------------------------------------
+
+
+def failed_export_kinds(db: Database, sid: SourceId) -> set[str]:
+    """The parts (`features`, `activations`, `explanations`) of which an export file failed."""
+    with db.connect() as cur:
+        kinds = cur.execute(
+            "SELECT DISTINCT kind FROM export_files WHERE model_id = ? AND source = ? AND status = 'failed'",
+            [sid.model_id, sid.source],
+        ).fetchall()
+    return {k[0] for k in kinds}
+
+
+def export_file_rows(db: Database, sid: SourceId) -> list[tuple]:
+    """(kind, batch, status, rows_imported, min_index, max_index) of the source's feature and
+    activation files."""
+    with db.connect() as cur:
+        return cur.execute(
+            """SELECT kind, batch, status, rows_imported, min_index, max_index FROM export_files
+               WHERE model_id = ? AND source = ? AND kind IN ('features', 'activations')""",
+            [sid.model_id, sid.source],
+        ).fetchall()
+
+
+def export_features_without_activations(db: Database, sid: SourceId, start: int, stop: int) -> list[int]:
+    """Indices in [start, stop) of imported features that hold no activations."""
+    with db.connect() as cur:
+        return [r[0] for r in cur.execute(
+            """SELECT "index" FROM features WHERE model_id = ? AND source = ? AND origin = 'export'
+                 AND "index" >= ? AND "index" < ? AND coalesce(n_activations, 0) = 0""",
+            [sid.model_id, sid.source, start, stop],
+        ).fetchall()]

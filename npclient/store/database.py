@@ -61,7 +61,7 @@ class Database:
         """True if the file exists; refuse, without touching it, a file that is not DuckDB."""
         if not self.path.exists():
             if self.read_only:
-                raise MirrorNotFound(f"no mirror at {self.path} (run `np-mirror sync` first, or pass --db)")
+                raise MirrorNotFound(f"no mirror at {self.path} (run `np-mirror sync` first, or open an existing mirror)")
             return False
         if self.path.is_dir():
             raise NotAMirrorError(f"{self.path} is a directory, not a mirror file")

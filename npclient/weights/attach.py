@@ -27,7 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..errors import WeightsError, WeightsMismatch
+from ..errors import WeightsError, WeightsMismatch, WeightsRequestError
 from ..ids import SourceId
 from ..paths import home
 from ..store import weights as records
@@ -88,15 +88,17 @@ def _sha256(path: Path) -> str:
 def _check_request(path: Optional[Path], tensor: Optional[str], transpose: bool, release: Optional[str],
                    sae_id: Optional[str], dtype: str) -> None:
     if dtype not in DTYPES:
-        raise WeightsError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise WeightsRequestError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}", option="dtype")
     if (release is None) != (sae_id is None):
-        raise WeightsError("--release and --sae-id go together")
+        raise WeightsRequestError("give both release and sae_id, or neither",
+                                  option="sae_id" if sae_id is None else "release")
     if path is not None and release is not None:
-        raise WeightsError("give either --path or --release/--sae-id, not both")
+        raise WeightsRequestError("give either a path or a release and sae_id, not both", option="path")
     if path is not None and not path.exists():
-        raise WeightsError(f"no such file or folder: {path}")
+        raise WeightsRequestError(f"no such file or folder: {path}", option="path")
     if (tensor is not None or transpose) and (path is None or path.is_dir()):
-        raise WeightsError("--tensor and --transpose apply to a bare safetensors file (--path FILE)")
+        raise WeightsRequestError("a tensor name or transpose applies to a bare safetensors file only (a path to a file)",
+                                  option="tensor" if tensor is not None else "transpose")
 
 
 def _validate(sid: SourceId, loaded: LoadedDecoder, feature_count: Optional[int],
@@ -106,7 +108,8 @@ def _validate(sid: SourceId, loaded: LoadedDecoder, feature_count: Optional[int]
     if feature_count is not None and loaded.d_sae != feature_count:
         hint = ""
         if loaded.d_in == feature_count:
-            hint = " (it looks stored d_in x d_sae: add --transpose)" if not loaded.transposed else " (drop --transpose)"
+            hint = (" (it looks stored d_in x d_sae: attach it with transpose)" if not loaded.transposed
+                    else " (it looks stored d_sae x d_in: attach it without transpose)")
         raise WeightsMismatch(
             f"{sid} has {feature_count} features but the decoder has {loaded.d_sae} rows "
             f"(shape {loaded.d_sae}x{loaded.d_in}){hint}"
@@ -128,7 +131,7 @@ def _torch_dtype(name: Any) -> Any:
     text = str(name).replace("torch.", "")
     value = getattr(torch, text, None)
     if not isinstance(value, torch.dtype):
-        raise WeightsError(f"unknown dtype {name!r}")
+        raise WeightsRequestError(f"unknown dtype {name!r}", option="dtype")
     return value
 
 
@@ -188,7 +191,7 @@ def attach(
     p = Path(path).expanduser() if path is not None else None
     _check_request(p, tensor, transpose, release, sae_id, dtype)
     if block_rows is not None and block_rows < 1:
-        raise ValueError("block_rows must be >= 1")
+        raise WeightsRequestError(f"block_rows must be >= 1, got {block_rows}", option="block_rows")
 
     expected_id: Optional[str] = None  # what sae_lens's registry says (release, sae_id) is
     if p is None:
@@ -205,7 +208,8 @@ def attach(
     if loader is None or isinstance(loader, str):
         name = loader or choose_loader(request)
         if name not in LOADERS:
-            raise WeightsError(f"no weights loader named {name!r}; known: {', '.join(sorted(LOADERS))}")
+            raise WeightsRequestError(f"no weights loader named {name!r}; known: {', '.join(sorted(LOADERS))}",
+                                      option="loader")
         load = LOADERS[name]
     else:
         name, load = getattr(loader, "__name__", "custom"), loader
@@ -218,7 +222,7 @@ def attach(
     if feature_count is None:
         loaded.notes.append(f"the mirror does not know {sid}'s feature count (sync it first), so d_sae={loaded.d_sae} was not checked")
     if loaded.d_sae < loaded.d_in and not loaded.output_space:
-        loaded.notes.append(f"d_sae={loaded.d_sae} < d_in={loaded.d_in}: is the tensor stored d_in x d_sae (--transpose)?")
+        loaded.notes.append(f"d_sae={loaded.d_sae} < d_in={loaded.d_in}: is the tensor stored d_in x d_sae (then attach it with transpose)?")
     if block_rows is None:
         block_rows = max(1, _BLOCK_BYTES // (4 * loaded.d_in))
 

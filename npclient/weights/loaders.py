@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
-from ..errors import CorruptWeights, WeightsError
+from ..errors import CorruptWeights, InvalidOptionError, WeightsError, WeightsRequestError
 
 __all__ = [
     "LoadRequest",
@@ -106,7 +106,7 @@ LOADERS: dict[str, DecoderLoader] = {}
 def register_loader(name: str, loader: DecoderLoader) -> None:
     """Add a loader under `name`; a name is registered once (as sae_lens's registry does)."""
     if name in LOADERS:
-        raise ValueError(f"a weights loader named {name!r} is already registered")
+        raise InvalidOptionError(f"a weights loader named {name!r} is already registered", option="name")
     LOADERS[name] = loader
 
 
@@ -205,7 +205,7 @@ def load_safetensors(request: LoadRequest) -> LoadedDecoder:
     import numpy as np
 
     if request.path is None:
-        raise WeightsError("the safetensors loader needs --path FILE")
+        raise WeightsRequestError("the safetensors loader needs the path of a file", option="path")
     path = Path(request.path)
     tensors, meta = read_safetensors_header(path)
     matrices = sorted(n for n, t in tensors.items() if len(t.shape) == 2)
@@ -213,14 +213,15 @@ def load_safetensors(request: LoadRequest) -> LoadedDecoder:
         name = request.tensor
         if name not in tensors:
             listed = ", ".join(sorted(tensors)[:12]) or "none"
-            raise WeightsError(f"{path} has no tensor {name!r}; it has: {listed}")
+            raise WeightsRequestError(f"{path} has no tensor {name!r}; it has: {listed}", option="tensor")
     elif "W_dec" in tensors:
         name = "W_dec"
     elif len(matrices) == 1:
         name = matrices[0]
     else:
-        raise WeightsError(
-            f"{path} has {len(matrices)} 2-D tensors ({', '.join(matrices[:12]) or 'none'}); name the decoder with --tensor"
+        raise WeightsRequestError(
+            f"{path} has {len(matrices)} 2-D tensors ({', '.join(matrices[:12]) or 'none'}); name the decoder's tensor",
+            option="tensor",
         )
     t = tensors[name]
     if len(t.shape) != 2:
@@ -280,10 +281,11 @@ def _from_sae(sae: Any, **extra: Any) -> LoadedDecoder:
 def load_folder(request: LoadRequest) -> LoadedDecoder:
     """A local sae_lens folder through `SAE.load_from_disk` (any architecture sae_lens knows)."""
     if request.path is None:
-        raise WeightsError("the folder loader needs --path DIR")
+        raise WeightsRequestError("the folder loader needs the path of a folder", option="path")
     folder = Path(request.path)
     if request.tensor is not None or request.transpose:
-        raise WeightsError("--tensor and --transpose apply to a bare safetensors file, not to an sae_lens folder")
+        raise WeightsRequestError("a tensor name or transpose applies to a bare safetensors file, not to an sae_lens folder",
+                                  option="tensor" if request.tensor is not None else "transpose")
     cfg_path = folder / SAE_CFG_FILENAME
     weights_path = folder / SAE_WEIGHTS_FILENAME
     if not cfg_path.is_file():
@@ -323,9 +325,10 @@ def _cached_source_file(repo_id: str, folder: str) -> Optional[Path]:
 def load_registry(request: LoadRequest) -> LoadedDecoder:
     """`SAE.from_pretrained(release, sae_id)` through the Hugging Face cache."""
     if not request.release or not request.sae_id:
-        raise WeightsError("the registry loader needs a release and an sae id")
+        raise WeightsRequestError("the registry loader needs a release and an sae_id", option="release")
     if request.tensor is not None or request.transpose:
-        raise WeightsError("--tensor and --transpose apply to a bare safetensors file only")
+        raise WeightsRequestError("a tensor name or transpose applies to a bare safetensors file only",
+                                  option="tensor" if request.tensor is not None else "transpose")
     from huggingface_hub import constants as hf_constants
     from sae_lens import SAE
     from sae_lens.loading.pretrained_saes_directory import get_repo_id_and_folder_name
@@ -338,7 +341,7 @@ def load_registry(request: LoadRequest) -> LoadedDecoder:
         if kind in ("LocalEntryNotFoundError", "OfflineModeIsEnabled") or "offline" in text.lower():
             raise WeightsError(
                 f"{request.release}/{request.sae_id} is not in the Hugging Face cache ({hf_constants.HF_HUB_CACHE}) "
-                "and the hub cannot be reached; download it once online, or pass --path"
+                "and the hub cannot be reached; download it once online, or attach it from a local path"
             ) from None
         raise WeightsError(f"sae_lens cannot load {request.release}/{request.sae_id}: {text}") from None
     try:

@@ -123,5 +123,5 @@ def resolve(source: SourceId | str, db: Optional["Database"] = None) -> Resoluti
             return Resolution(found[0], found[1], "mirror", None)
     raise WeightsError(
         f"{sid} is not in sae_lens's registry and the mirror has no saelensRelease/saelensSaeId for it; "
-        "pass --release and --sae-id, or --path"
+        "give its sae_lens release and sae_id, or a path to its weights"
     )

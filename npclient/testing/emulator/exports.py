@@ -40,7 +40,8 @@ import orjson
 from ...wire import EXPORT_ACTIVATION_FIELDS, EXPORT_EXPLANATION_FIELDS, EXPORT_FEATURE_FIELDS
 from .config import SourceSpec
 from .faults import stable_unit
-from .state import CREATOR_ID, EmulatorState
+from .seeded import CREATOR_ID
+from .state import EmulatorState
 
 __all__ = [
     "ExportQuirks",

@@ -1,9 +1,10 @@
 """The async Neuronpedia client: one pooled connection, paced below the server's budget.
 
 Every request goes through `_send`, the one place where pacing (`Pacer`), retries
-(`RetryPolicy`), concurrency bounds and the mapping of httpx failures onto the `NPError`
-tree happen. Tests point `base_url` at the emulator, or pass `transport=` to run it
-in-process; nothing patches httpx.
+(`RetryPolicy`) and concurrency bounds happen; httpx failures and error statuses become
+`NPError`s through `errors.py`, the mapping the export bucket's client (`s3.py`) uses too.
+Tests point `base_url` at the emulator, or pass `transport=` to run it in-process; nothing
+patches httpx.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from typing import Any, Awaitable, Callable, Literal, Optional, Union
 import httpx
 import orjson
 
-from . import wire
-from .errors import (
+from .. import wire
+from ..errors import (
     InvalidIdError,
+    InvalidOptionError,
     NotFound,
     NPError,
     NPTransportError,
@@ -29,10 +31,10 @@ from .errors import (
     RateLimited,
     RouteError,
     ServerError,
-    status_error,
 )
-from .ids import FeatureId, FeatureIdLike, SourceSetId
-from .models import Feature, ModelInfo, SearchPage, SearchResult, SourceSetInfo, VectorInfo
+from ..ids import FeatureId, FeatureIdLike, SourceSetId
+from ..models import Feature, ModelInfo, SearchPage, SearchResult, SourceSetInfo, VectorInfo
+from .errors import TRANSPORT_ERRORS, raise_for_status, transport_error
 from .pacing import DEFAULT_BUDGET, DEFAULT_COOLDOWN_S, Budget, Pacer
 from .retry import RetryPolicy
 from .transport import ShardedTransport
@@ -81,7 +83,7 @@ def resolve_base_url(base_url: Optional[str] = None) -> str:
     if url.endswith("/api"):  # a common slip: the root is wanted, `/api` is added per route
         url = url[: -len("/api")]
     if not url.startswith(("http://", "https://")):
-        raise ValueError(f"base URL must start with http:// or https://, got {url!r}")
+        raise InvalidOptionError(f"base URL must start with http:// or https://, got {url!r}", option="base_url")
     return url
 
 
@@ -110,9 +112,9 @@ class NeuronpediaClient:
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         if concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
+            raise InvalidOptionError("concurrency must be >= 1", option="concurrency")
         if not 1 <= batch_size <= MAX_BATCH_SIZE:
-            raise ValueError(f"batch_size must be within 1..{MAX_BATCH_SIZE}")
+            raise InvalidOptionError(f"batch_size must be within 1..{MAX_BATCH_SIZE}", option="batch_size")
         self.base_url = resolve_base_url(base_url)
         key = api_key if api_key is not None else os.environ.get("NEURONPEDIA_API_KEY")
         headers = {"accept": "application/json", "user-agent": "np-mirror (npclient)"}
@@ -237,14 +239,10 @@ class NeuronpediaClient:
                 response = await self._http.request(
                     method, path, content=orjson.dumps(json), headers={"content-type": "application/json"}
                 )
-        except httpx.TimeoutException as exc:
-            raise NPTransportError(f"timed out ({type(exc).__name__})", url=url) from None
-        except httpx.TransportError as exc:
-            raise NPTransportError(f"{type(exc).__name__}: {exc}", url=url) from None
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(exc, url) from None
         log.debug("%s %s -> %s", method, path, response.status_code)
-        if response.status_code >= 400:
-            retry_after = _retry_after(response.headers.get("retry-after"))
-            raise status_error(response.status_code, url, response.text, retry_after)
+        raise_for_status(response, url)
         remaining = response.headers.get("x-limit-remaining")
         if remaining is not None and remaining.strip().lstrip("-").isdigit() and pacers:
             # The header counts the last bucket charged: a search reports the 200/h search
@@ -471,12 +469,3 @@ def _decode_feature(content: bytes, url: str) -> Feature:
     if not isinstance(body, dict):
         raise NPTransportError("feature body is not a JSON object", url=url)
     raise PayloadError(f"unparseable feature at {url}: {reason}")
-
-
-def _retry_after(value: Optional[str]) -> Optional[float]:
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None

@@ -4,7 +4,8 @@ Neuronpedia's export bucket is readable anonymously, so nothing here signs a req
 listing is `GET {bucket}/?list-type=2&prefix=...` (ListObjectsV2, followed through its
 continuation tokens) and a download is a `GET {bucket}/{key}`, optionally with `Range`.
 One pooled `httpx.AsyncClient` serves every request; tests pass `transport=` or point the
-URL at a local S3 (moto) instead of patching anything.
+URL at a local S3 (moto) instead of patching anything. httpx failures and error statuses
+become `NPError`s through `errors.py`, the mapping the Neuronpedia client uses too.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from urllib.parse import quote
 
 import httpx
 
-from ..errors import ExportError, InvalidIdError, NPTransportError, PayloadError, status_error
+from ..errors import ExportError, InvalidIdError, InvalidOptionError, NPTransportError, PayloadError
 from ..ids import SourceId
-from ..retry import RetryPolicy
-from .layout import VERSION_PREFIX, exports_url, is_source_folder, parse_key, sort_batches, source_prefix
+from .errors import TRANSPORT_ERRORS, raise_for_status, raise_for_stream_status, transport_error
+from .retry import RetryPolicy
 
 __all__ = [
     "S3Object",
@@ -118,12 +119,6 @@ def _parse_listing(content: bytes, url: str) -> tuple[list[S3Object], list[str],
     return objects, prefixes, truncated, token
 
 
-def _transport_error(exc: Exception, url: str) -> NPTransportError:
-    if isinstance(exc, httpx.TimeoutException):
-        return NPTransportError(f"timed out ({type(exc).__name__})", url=url)
-    return NPTransportError(f"{type(exc).__name__}: {exc}", url=url)
-
-
 async def iter_raw(response: httpx.Response, url: str, chunk_size: int = _CHUNK) -> AsyncIterator[bytes]:
     """The body's bytes as sent (no content decoding), with httpx errors mapped to `NPTransportError`."""
     if response.is_stream_consumed:  # an in-process transport (httpx.MockTransport) built the body eagerly
@@ -133,8 +128,8 @@ async def iter_raw(response: httpx.Response, url: str, chunk_size: int = _CHUNK)
     try:
         async for chunk in response.aiter_raw(chunk_size):
             yield chunk
-    except (httpx.TimeoutException, httpx.TransportError) as exc:
-        raise _transport_error(exc, url) from None
+    except TRANSPORT_ERRORS as exc:
+        raise transport_error(exc, url) from None
 
 
 class ExportBucket:
@@ -157,8 +152,11 @@ class ExportBucket:
         max_pages: int = MAX_LIST_PAGES,
     ) -> None:
         if concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
-        self.url = exports_url(url)
+            raise InvalidOptionError("concurrency must be >= 1", option="concurrency")
+        try:
+            self.url = exports_url(url)
+        except ValueError as exc:  # exports_url's own check (layout.py): an input error like the others
+            raise InvalidOptionError(str(exc), option="exports_url") from None
         self.concurrency = concurrency
         self.retry = retry
         self.sleep = sleep
@@ -197,10 +195,9 @@ class ExportBucket:
                     self.requests_sent += 1
                     try:
                         response = await self._http.get(url, params=params)
-                    except (httpx.TimeoutException, httpx.TransportError) as exc:
-                        raise _transport_error(exc, url) from None
-                if response.status_code >= 400:
-                    raise status_error(response.status_code, str(response.url), response.text)
+                    except TRANSPORT_ERRORS as exc:
+                        raise transport_error(exc, url) from None
+                raise_for_status(response, str(response.url))
                 if response.status_code != 200:
                     raise ExportError(f"unexpected HTTP {response.status_code} listing {url}")
                 return response.content
@@ -230,9 +227,9 @@ class ExportBucket:
             seen.add(token)
         raise ExportError(f"listing of {prefix!r} did not end after {self.max_pages} pages")
 
-    async def list(self, prefix: str = VERSION_PREFIX) -> list[S3Object]:
-        """Every object under `prefix`, in the bucket's (UTF-8 binary) key order."""
-        objects, _ = await self._list(prefix, None)
+    async def list(self, prefix: Optional[str] = None) -> list[S3Object]:
+        """Every object under `prefix` (default: the exports, `v1/`), in the bucket's (UTF-8 binary) key order."""
+        objects, _ = await self._list(VERSION_PREFIX if prefix is None else prefix, None)
         return objects
 
     async def list_folders(self, prefix: str) -> list[str]:
@@ -300,15 +297,23 @@ class ExportBucket:
             self.requests_sent += 1
             try:
                 response = await self._http.send(self._http.build_request("GET", url, headers=headers), stream=True)
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                raise _transport_error(exc, url) from None
+            except TRANSPORT_ERRORS as exc:
+                raise transport_error(exc, url) from None
             try:
-                if response.status_code >= 400:
-                    try:
-                        body = (await response.aread())[:4096].decode("utf-8", "replace")
-                    except (httpx.TimeoutException, httpx.TransportError):
-                        body = ""
-                    raise status_error(response.status_code, url, body)
+                await raise_for_stream_status(response, url)
                 yield response
             finally:
                 await response.aclose()
+
+
+# Imported last, not first: `npclient.exports` (whose key layout the listings above follow)
+# imports this module for its downloads, so whichever of the two is imported first finds the
+# other's names defined.
+from ..exports.layout import (  # noqa: E402
+    VERSION_PREFIX,
+    exports_url,
+    is_source_folder,
+    parse_key,
+    sort_batches,
+    source_prefix,
+)

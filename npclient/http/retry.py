@@ -20,7 +20,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from .errors import NPTransportError, RouteError, ServerError
+from ..errors import InvalidOptionError, NPTransportError, RouteError, ServerError
 
 __all__ = ["RetryPolicy", "RETRYABLE", "is_retryable"]
 
@@ -48,7 +48,7 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
-            raise ValueError("max_attempts must be >= 1")
+            raise InvalidOptionError("max_attempts must be >= 1", option="max_attempts")
 
     def retrying(
         self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, *, route_errors: bool = True

@@ -25,6 +25,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Optional
 
+
+from ..errors import InvalidOptionError
+
 __all__ = ["Budget", "Pacer", "DEFAULT_BUDGET", "DEFAULT_COOLDOWN_S"]
 
 Clock = Callable[[], float]
@@ -45,9 +48,9 @@ class Budget:
 
     def __post_init__(self) -> None:
         if self.limit < 1 or self.window_s <= 0:
-            raise ValueError(f"a budget needs limit >= 1 and window_s > 0, got {self}")
+            raise InvalidOptionError(f"a budget needs limit >= 1 and window_s > 0, got {self}", option="budget")
         if self.burst is not None and self.burst < 1:
-            raise ValueError(f"burst must be >= 1, got {self.burst}")
+            raise InvalidOptionError(f"burst must be >= 1, got {self.burst}", option="burst")
 
     @property
     def rate(self) -> float:
@@ -58,7 +61,7 @@ class Budget:
     def per_second(cls, rate: float, *, burst: Optional[int] = None) -> "Budget":
         """A budget of `rate` requests per second (the CLI's `--rate`), over a 10 s window."""
         if rate <= 0:
-            raise ValueError(f"rate must be > 0, got {rate}")
+            raise InvalidOptionError(f"rate must be > 0, got {rate}", option="rate")
         window = 10.0
         return cls(limit=max(1, int(rate * window)), window_s=window, burst=burst or max(1, int(rate)))
 
@@ -140,7 +143,7 @@ class Pacer:
     async def acquire(self, cost: int = 1) -> None:
         """Wait until `cost` requests may be sent, then hold them until `release`."""
         if cost > self.budget.limit:
-            raise ValueError(f"cost {cost} exceeds the whole budget {self.budget.limit}")
+            raise InvalidOptionError(f"cost {cost} exceeds the whole budget {self.budget.limit}", option="cost")
         me = id(asyncio.current_task()) if _in_task() else id(self)
         try:
             while True:

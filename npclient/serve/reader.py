@@ -1,0 +1,431 @@
+"""`MirrorReader`: the read-only queries `np-mirror serve` answers from (features, catalog,
+search, decoder rows). Every statement is a constant with `?` parameters; request text never
+becomes SQL. The mirror is reached through `Mirror` only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import orjson
+
+from .. import wire
+from ..errors import InvalidIdError
+from ..ids import SourceId
+from ..mirror import Mirror
+from .shapes import (
+    _act_key,
+    _all_dicts,
+    _by_storage_id,
+    _in_rank_order,
+    _model_defaults,
+    _overlay,
+    _release_defaults,
+    _set_defaults,
+    _source_defaults,
+    _visible,
+    dumps,
+    loads,
+)
+
+__all__ = ["MirrorReader"]
+
+_MAX_QUERY_WORDS = 16
+_MAX_ID = 512  # longer model/source names are unknown without asking the database
+_INT_RE = re.compile(r"[0-9]+")  # an index as the pages accept it
+
+
+def _valid_source(model_id: str, source_id: str) -> Optional[SourceId]:
+    try:
+        return SourceId(model_id, source_id)
+    except (InvalidIdError, ValueError, TypeError):
+        return None
+
+
+def _layer_num(source_id: str) -> int:
+    n = wire.layer_number(source_id)
+    return n if n is not None else 1 << 30
+
+
+# --------------------------------------------------------------------------- the reader
+
+#: A source of a set: (its catalog entry, the stored listing row with the typed columns under it).
+_Member = tuple[dict[str, Any], dict[str, Any]]
+
+
+class MirrorReader:
+    """Read-only queries the server needs; every statement is a constant with `?` parameters."""
+
+    def __init__(self, path: str | Path, *, linger_s: float = 0.5, wait_s: float = 30.0) -> None:
+        self.mirror = Mirror(path, read_only=True, linger_s=linger_s, wait_s=wait_s)
+
+    def close(self) -> None:
+        self.mirror.close()
+
+    def rows(self, query: str, params: list[Any]) -> list[dict[str, Any]]:
+        return self.mirror.store.rows(query, params)
+
+    def has_table(self, name: str) -> bool:
+        return bool(self.rows("SELECT 1 AS x FROM duckdb_tables() WHERE table_name = ?", [name]))
+
+    # ---- features ------------------------------------------------------------------
+    def source_known(self, model_id: str, source_id: str) -> bool:
+        return bool(self.rows(
+            "SELECT 1 AS x FROM sources WHERE model_id = ? AND source = ? "
+            "UNION ALL SELECT 1 FROM features WHERE model_id = ? AND source = ? LIMIT 1",
+            [model_id, source_id, model_id, source_id],
+        ))
+
+    def _stored(self, model_id: str, source_id: str, index: int) -> tuple[Optional[bytes], Optional[dict[str, Any]]]:
+        """(the stored bytes, None) for a fetched feature; (None, its object) for an imported one."""
+        key = f"{model_id}/{source_id}/{index}"
+        body = self.mirror.store.raw_body(key)
+        if body is not None:
+            return body, None
+        # An imported feature: the export's record (bare NaN/Infinity kept, as the export
+        # wrote them) plus its typed activation and explanation rows.
+        return None, self.mirror.store.export_feature(key)
+
+    def feature_raw(self, model_id: str, source_id: str, index: int) -> Optional[dict[str, Any]]:
+        """The stored object (GET, POST or export shaped), as stored."""
+        body, raw = self._stored(model_id, source_id, index)
+        if body is not None:
+            parsed = loads(body)
+            return parsed if isinstance(parsed, dict) else None
+        return raw
+
+    def feature_body(self, model_id: str, source_id: str, index: int) -> Optional[bytes]:
+        """What GET /api/feature answers: the stored body with its activations ranked top-first.
+
+        A body already in that order (a GET-origin body: Neuronpedia sorts by maxValue) and
+        valid as JSON goes out byte for byte; any other (a POST item, an export, NaN) is
+        parsed, ranked and written again.
+        """
+        body, raw = self._stored(model_id, source_id, index)
+        if body is not None:
+            try:
+                strict = orjson.loads(body)
+            except orjson.JSONDecodeError:  # NaN, Infinity, 1e400: not JSON as stored
+                strict = None
+            if isinstance(strict, dict) and _in_rank_order(strict.get("activations")):
+                return body
+            raw = loads(body)
+        if not isinstance(raw, dict):
+            return None if raw is None else dumps(raw)
+        acts = raw.get("activations")
+        if _all_dicts(acts):
+            raw["activations"] = sorted(acts, key=_act_key)
+        return dumps(raw)
+
+    def features_post_item(self, model_id: str, source_id: str, index: int, max_acts: Optional[int]) -> Optional[dict[str, Any]]:
+        """One element of POST /api/features (lib/db/neuron.ts `getNeurons`), from the stored body.
+
+        The Neuron row without relations; explanations trimmed to description, model and type
+        in storage order; activations in storage order, or with `max_acts` the top N (a negative
+        N: Prisma's negative take, the last |N| of that order).
+        """
+        raw = self.feature_raw(model_id, source_id, index)
+        if raw is None:
+            return None
+        acts = raw.pop("activations", None)
+        acts = list(acts) if isinstance(acts, list) else []
+        explanations = raw.pop("explanations", None)
+        explanations = list(explanations) if _all_dicts(explanations) else []
+        for rel in ("model", "lists", "creator", "source", "sourceSet", "comments"):
+            raw.pop(rel, None)
+        if max_acts and _all_dicts(acts):
+            ranked = sorted(acts, key=_act_key)
+            acts = ranked[:max_acts] if max_acts > 0 else ranked[max_acts:]
+        else:
+            acts = _by_storage_id(acts)
+        raw["explanations"] = [
+            {"description": e.get("description"), "explanationModelName": e.get("explanationModelName"),
+             "typeName": e.get("typeName")}
+            for e in _by_storage_id(explanations)
+        ]
+        raw["activations"] = acts
+        return raw
+
+    def features_post(self, items: list[wire.FeatureRequest], max_acts: Optional[int]) -> list[dict[str, Any]]:
+        def lookup(model_id: str, layer: str, index: str) -> Optional[dict[str, Any]]:
+            i = _stored_index(index)
+            if i is None or _valid_source(model_id, layer) is None:
+                return None  # getNeurons checks no access: what is not there is simply not returned
+            return self.features_post_item(model_id, layer, i, max_acts)
+
+        return wire.order_features_post(items, lookup)
+
+    def vector(self, model_id: str, source_id: str, index: int) -> Optional[dict[str, Any]]:
+        """POST /api/vector/get's `vector` (lib/db/neuron.ts `getVectorFromDb`) from a stored body
+        whose `vector` is non-empty (a steering vector synced by GET), else None."""
+        raw = self.feature_raw(model_id, source_id, index)
+        if raw is None or not isinstance(raw.get("vector"), list) or not raw["vector"]:
+            return None
+        return {"modelId": model_id, "layer": source_id, "index": str(index), "vectorLabel": raw.get("vectorLabel"),
+                "createdAt": raw.get("createdAt"), "creatorId": raw.get("creatorId"),
+                "vectorDefaultSteerStrength": raw.get("vectorDefaultSteerStrength"), "hookName": raw.get("hookName"),
+                "vector": raw["vector"]}
+
+    # ---- models, sets and sources -------------------------------------------------------
+    def catalog(self, model_id: Optional[str] = None) -> dict[str, dict[str, dict[str, Any]]]:
+        """model -> source -> what the mirror stores of it (`sources` row, or only features)."""
+        where = "" if model_id is None else " WHERE model_id = ?"
+        params = [] if model_id is None else [_db_text(model_id)]
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for r in self.rows("SELECT model_id, source, set_name, saelens_release, saelens_sae_id, raw FROM sources"
+                           + where, params):
+            out.setdefault(r["model_id"], {})[r["source"]] = r
+        for r in self.rows("SELECT DISTINCT model_id, source FROM features" + where, params):
+            out.setdefault(r["model_id"], {}).setdefault(
+                r["source"], {"model_id": r["model_id"], "source": r["source"], "set_name": None,
+                              "saelens_release": None, "saelens_sae_id": None, "raw": None})
+        for r in self.rows("SELECT model_id FROM models" + where, params):
+            out.setdefault(r["model_id"], {})
+        return out
+
+    @staticmethod
+    def _source_raw(entry: dict[str, Any]) -> dict[str, Any]:
+        raw = entry.get("raw")
+        parsed = loads(raw) if raw else None
+        typed = {"setName": entry.get("set_name"), "saelensRelease": entry.get("saelens_release"),
+                 "saelensSaeId": entry.get("saelens_sae_id")}
+        return _overlay(typed, parsed if isinstance(parsed, dict) else None)
+
+    @staticmethod
+    def _set_of(entry: dict[str, Any], stored: dict[str, Any]) -> str:
+        name = stored.get("setName")
+        return name if isinstance(name, str) and name else wire.set_name_of(entry["source"])
+
+    def relations(self, model_id: str, source_id: str) -> dict[str, dict[str, Any]]:
+        """The `model`, `source` and `sourceSet` rows a GET-origin feature of this source carries
+        (Neuronpedia sends them whole with every GET /api/feature), or {} if none is stored."""
+        found = self.rows("SELECT feature_key FROM features WHERE model_id = ? AND source = ? AND origin = 'get' "
+                          "LIMIT 1", [model_id, source_id])
+        if not found:
+            return {}
+        body = self.mirror.store.raw_body(found[0]["feature_key"])
+        if body is None:
+            return {}
+        try:
+            raw = loads(body)
+        except ValueError:
+            return {}
+        if not isinstance(raw, dict):
+            return {}
+        return {k: raw[k] for k in ("model", "source", "sourceSet") if isinstance(raw.get(k), dict)}
+
+    def model_relation(self, model_id: str) -> Optional[dict[str, Any]]:
+        """The `model` row of any GET-origin feature of `model_id`."""
+        found = self.rows("SELECT source FROM features WHERE model_id = ? AND origin = 'get' LIMIT 1", [model_id])
+        return self.relations(model_id, found[0]["source"]).get("model") if found else None
+
+    def _model_row(self, model_id: str, rels: Iterable[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+        stored = self.rows("SELECT display_name, layers, dimension, raw FROM models WHERE model_id = ?", [model_id])
+        layers: list[Optional[dict[str, Any]]] = []
+        if stored:
+            s = stored[0]
+            layers.append({"displayName": s["display_name"], "layers": s["layers"], "dimension": s["dimension"]})
+            raw = loads(s["raw"]) if s["raw"] else None
+            if isinstance(raw, dict):
+                raw.pop("sourceSets", None)
+                layers.append(raw)
+        known = [r["model"] for r in rels if r.get("model")]
+        layers.extend(known or [self.model_relation(model_id)])
+        row = _overlay(_model_defaults(model_id), *layers)
+        row["id"] = model_id
+        return row
+
+    def _sets(self, model_id: str, sources: dict[str, dict[str, Any]]) -> dict[str, list[_Member]]:
+        """set name -> its sources, each as (catalog entry, the stored listing row)."""
+        grouped: dict[str, list[_Member]] = {}
+        for entry in sources.values():
+            stored = self._source_raw(entry)
+            grouped.setdefault(self._set_of(entry, stored), []).append((entry, stored))
+        return grouped
+
+    def _build_set(self, model_id: str, set_name: str, members: list[_Member],
+                   rel_cache: dict[str, dict[str, dict[str, Any]]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        def rels(source_id: str) -> dict[str, dict[str, Any]]:
+            if source_id not in rel_cache:
+                rel_cache[source_id] = self.relations(model_id, source_id)
+            return rel_cache[source_id]
+
+        members = sorted(members, key=lambda m: (_layer_num(m[0]["source"]), m[0]["source"]))
+        sources = []
+        set_rel: Optional[dict[str, Any]] = None
+        for entry, stored in members:
+            source_id = entry["source"]
+            need_rel = entry.get("raw") is None or set_rel is None
+            rel = rels(source_id) if need_rel else {}
+            if set_rel is None and rel.get("sourceSet"):
+                set_rel = rel["sourceSet"]
+            row = _overlay(_source_defaults(model_id, source_id), rel.get("source"), stored)
+            row["id"], row["modelId"] = source_id, model_id
+            sources.append(row)
+        set_row = _overlay(_set_defaults(model_id, set_name), set_rel)
+        set_row["modelId"], set_row["name"] = model_id, set_name
+        return set_row, sources
+
+    def models_list(self) -> list[dict[str, Any]]:
+        """POST /api/model/list (lib/db/model.ts `getGlobalModels`): every model with its sets that
+        have dashboards, each with its dashboard sources reduced to `MODEL_LIST_SOURCE_FIELDS`."""
+        out = []
+        for model_id, sources in sorted(self.catalog().items()):
+            rel_cache: dict[str, dict[str, dict[str, Any]]] = {}
+            sets = []
+            for set_name, members in sorted(self._sets(model_id, sources).items()):
+                set_row, rows = self._build_set(model_id, set_name, members, rel_cache)
+                if set_row.get("hasDashboards") is False or not _visible(set_row, "PUBLIC", "UNLISTED"):
+                    continue
+                set_row["sources"] = [
+                    {k: r.get(k) for k in wire.MODEL_LIST_SOURCE_FIELDS}
+                    for r in rows if r.get("hasDashboards") is not False and _visible(r, "PUBLIC", "UNLISTED")
+                ]
+                sets.append(set_row)
+            row = self._model_row(model_id, rel_cache.values())
+            row["sourceSets"] = sets
+            out.append(row)
+        return out
+
+    def source_set(self, model_id: str, set_name: str) -> Optional[dict[str, Any]]:
+        """GET /api/source-set/{model}/{set} (lib/db/source.ts `getSourceSet`): the set row with
+        all columns of its public sources, its release (one object or null) and its model."""
+        if len(model_id) > _MAX_ID or len(set_name) > _MAX_ID:
+            return None
+        sources = self.catalog(model_id).get(model_id, {})
+        members = self._sets(model_id, sources).get(set_name)
+        if not members:
+            return None
+        rel_cache: dict[str, dict[str, dict[str, Any]]] = {}
+        set_row, rows = self._build_set(model_id, set_name, members, rel_cache)
+        if not _visible(set_row, "PUBLIC", "UNLISTED"):
+            return None
+        release = set_row.get("releaseName")
+        set_row["sources"] = [r for r in rows if _visible(r, "PUBLIC")]
+        set_row["releases"] = _release_defaults(release) if isinstance(release, str) and release else None
+        set_row["model"] = self._model_row(model_id, rel_cache.values())
+        return set_row
+
+    def known_sets(self, model_id: str) -> Optional[set[str]]:
+        """The source sets of `model_id` the mirror knows, or None if it knows no such model."""
+        if len(model_id) > _MAX_ID:
+            return None
+        sources = self.catalog(model_id).get(model_id)
+        if sources is None:
+            return None
+        names: set[str] = set()
+        for source_id, entry in sources.items():
+            names.add(wire.set_name_of(source_id))
+            names.add(self._set_of(entry, self._source_raw(entry)))
+        return names
+
+    def can_access(self, model_id: str, layer: str) -> bool:
+        """lib/db/userCanAccess.ts `assertUserCanAccessModelAndSource`: the model and the layer's
+        source *set* exist (the source itself is not checked)."""
+        want = wire.set_name_of(layer)
+        if len(model_id) <= _MAX_ID:  # the listed sources answer most cases without a scan of features
+            for entry in self.rows("SELECT source, set_name, raw FROM sources WHERE model_id = ?", [_db_text(model_id)]):
+                if want in (wire.set_name_of(entry["source"]), self._set_of(entry, self._source_raw(entry))):
+                    return True
+        sets = self.known_sets(model_id)
+        return sets is not None and want in sets
+
+    # ---- search -----------------------------------------------------------------------
+    def search(self, model_id: str, layers: list[str], query: str, offset: int, regex: bool = False,
+               *, neurons: bool = True) -> tuple[list[dict[str, Any]], int]:
+        """Explanations of `layers` matching `query`, best first: (the page of up to 20, all hits).
+
+        Candidates: descriptions containing any query word (`ILIKE`), or matching the query as
+        a case-insensitive regular expression (`regexp_matches`, RE2: no catastrophic
+        backtracking) with `regex`. Ranking: cosine of the word sets (as the emulator ranks),
+        plus 1 when the whole query appears verbatim; ties by layer order, then index. Each
+        result carries its feature as `neuron` (the POST /api/features item with 3 top
+        activations), as Neuronpedia's search does, unless `neurons` is false.
+        """
+        q = wire.words(query)
+        layer_order: dict[str, int] = {}
+        for n, layer in enumerate(layers):
+            layer_order.setdefault(layer, n)
+        layer_marks = ", ".join("?" for _ in layer_order)
+        base = ("SELECT source, \"index\", rank, description, type_name, explanation_model_name "
+                "FROM explanations WHERE model_id = ? AND source IN (" + layer_marks + ") AND ")
+        params: list[Any] = [_db_text(model_id), *(_db_text(x) for x in layer_order)]
+        if regex:
+            rows = self.rows(base + "regexp_matches(description, ?, 'i')", [*params, _db_text(query)])
+        else:
+            terms = sorted(q)[:_MAX_QUERY_WORDS]
+            if not terms:
+                rows = []
+            else:
+                cond = " OR ".join("description ILIKE ? ESCAPE '\\'" for _ in terms)
+                rows = self.rows(base + "(" + cond + ")", [*params, *(_like_pattern(t) for t in terms)])
+        phrase = query.strip().lower()
+        hits: list[tuple[float, int, int, int, dict[str, Any]]] = []
+        for r in rows:
+            desc = r["description"] or ""
+            ws = wire.words(desc)
+            common = len(q & ws)
+            score = common / float(np.sqrt(len(q) * len(ws))) if common else 0.0
+            if phrase and phrase in desc.lower():
+                score += 1.0
+            if score <= 0 and not regex:
+                continue
+            hits.append((-score, layer_order.get(r["source"], 0), r["index"], r["rank"], r))
+        hits.sort(key=lambda h: h[:4])
+        results = []
+        for neg, _, _, _, r in hits[offset: offset + wire.SEARCH_PAGE]:
+            result: dict[str, Any] = {
+                "modelId": model_id,
+                "layer": r["source"],
+                "index": str(r["index"]),
+                "description": r["description"],
+                "explanationModelName": r["explanation_model_name"],
+                "typeName": r["type_name"],
+                "cosine_similarity": round(-neg, 6),
+            }
+            if neurons:
+                neuron = self.features_post_item(model_id, r["source"], r["index"], 3)
+                if neuron is not None:  # Neuronpedia leaves the key out when the feature is missing
+                    result["neuron"] = neuron
+            results.append(result)
+        return results, len(hits)
+
+    # ---- decoder rows --------------------------------------------------------------------
+    def decoder_row(self, model_id: str, source_id: str, index: int) -> Optional[dict[str, Any]]:
+        """Row `index` of the attached decoder (numpy memory map; torch is not loaded)."""
+        record = self.mirror.store.weights(SourceId(model_id, source_id))
+        if record is None or not Path(record.decoder_path).is_file():
+            return None
+        if not 0 <= index < record.d_sae:
+            return None
+        array = np.load(record.decoder_path, mmap_mode="r")
+        row = np.asarray(array[index])
+        if record.dtype == "bfloat16":
+            row = (row.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+        return {"modelId": model_id, "source": source_id, "index": str(index), "dtype": record.dtype,
+                "dIn": int(record.d_in), "vector": [float(v) for v in row.astype(np.float64)]}
+
+
+def _db_text(text: str) -> str:
+    """`text` as DuckDB can take it: a lone surrogate (valid in a JSON string, not in UTF-8) is `?`."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _like_pattern(word: str) -> str:
+    return "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _stored_index(text: str) -> Optional[int]:
+    """The index a stored feature can have (`wire.canonical_index`, below 2**31: the mirror's
+    INTEGER column), or None. `007`, `-1`, `1e400` or 5,000 digits simply miss, as on Neuronpedia
+    (a text column), and no int() is taken of a long string (Python refuses past 4,300 digits)."""
+    i = wire.canonical_index(text)
+    return i if i is not None and i < 2**31 else None
