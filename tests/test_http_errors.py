@@ -180,6 +180,36 @@ def test_the_package_surface_is_the_http_package():
     assert npclient.exports.S3Object is npclient.http.s3.S3Object
 
 
+OLD_PATHS = {
+    "npclient.client": ("npclient.http.client", "NeuronpediaClient"),
+    "npclient.pacing": ("npclient.http.pacing", "Budget"),
+    "npclient.retry": ("npclient.http.retry", "RetryPolicy"),
+    "npclient.transport": ("npclient.http.transport", "ShardedTransport"),
+    "npclient.exports.s3": ("npclient.http.s3", "ExportBucket"),
+    "npclient.exports.plan": ("npclient.sync.exports", "plan_export"),
+    "npclient.exports.source_sync": ("npclient.sync.exports", "sync_source_export"),
+    "npclient.exports.importer": ("npclient.store.importer", "import_tree"),
+    "npclient.exports.parquet": ("npclient.store.parquet", "export_parquet"),
+    "npclient.geometry.results": ("npclient.store.results", "save_neighbors"),
+}
+
+
+@pytest.mark.parametrize("old", sorted(OLD_PATHS))
+def test_an_old_module_path_still_works_and_warns(old):
+    """Deprecate, don't break: each path the redesign moved still gives the same object, with a
+    DeprecationWarning naming the new place (in a fresh interpreter, where the import is first)."""
+    import subprocess
+    import sys
+
+    new, name = OLD_PATHS[old]
+    code = (f"import warnings, importlib\nwarnings.simplefilter('always')\n"
+            f"with warnings.catch_warnings(record=True) as seen:\n    o = importlib.import_module({old!r})\n"
+            f"n = importlib.import_module({new!r})\nassert o.{name} is n.{name}\n"
+            f"msgs = [str(w.message) for w in seen if w.category is DeprecationWarning]\n"
+            f"assert any({new!r} in m for m in msgs), msgs\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_import_order_does_not_matter():
     """http.s3 reads the exports' layout and the exports download through http.s3: either may
     be imported first, in a fresh interpreter."""

@@ -106,3 +106,24 @@ def test_no_production_module_is_over_700_lines():
     long = {str(p.relative_to(ROOT)): n for p in _production_modules()
             if (n := len(p.read_text().splitlines())) > 700}
     assert long == {}
+
+
+DEPRECATED_PATHS = {"npclient.client", "npclient.pacing", "npclient.retry", "npclient.transport", "npclient.exports.s3",
+                    "npclient.exports.plan", "npclient.exports.source_sync", "npclient.exports.importer",
+                    "npclient.exports.parquet", "npclient.geometry.results"}
+
+
+def test_nothing_in_the_package_imports_a_deprecated_path():
+    """The old module paths exist for users' imports only; the package, the CLI, the notebooks'
+    builder and the tests use the new places (one path per thing)."""
+    offenders = []
+    for path in sorted([*PACKAGE.rglob("*.py"), *(ROOT / "cli").rglob("*.py"), *(ROOT / "tests").glob("*.py"),
+                        ROOT / "notebooks" / "build_notebooks.py"]):
+        if ".".join(path.relative_to(ROOT).with_suffix("").parts) in DEPRECATED_PATHS:
+            continue
+        if path.name == "test_http_errors.py":  # checks that the old paths still work
+            continue
+        text = path.read_text()
+        if any(name in DEPRECATED_PATHS for name in _imports(path)) or any(f"from {p} import" in text for p in DEPRECATED_PATHS):
+            offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
