@@ -114,7 +114,8 @@ def main() -> None:
                 print(f"\n| {fig} ({better} is better) | best | median | after/this (medians) |")
                 print("|---|---|---|---|")
                 report[name][fig] = {}
-                for side, vals in values.items():
+                for side in values:
+                    vals = values[side][fig]
                     ratio = statistics.median(a) / statistics.median(vals)
                     print(f"| {side} | {best(vals):.4g} | {statistics.median(vals):.4g} | {ratio:.3f} |")
                     report[name][fig][side] = {"values": vals, "after_over_this": ratio}

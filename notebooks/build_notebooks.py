@@ -182,23 +182,24 @@ NB01 = [
         ## 4. `show`: one feature, exactly as the server sent it
 
         `Mirror.feature(id)` returns the same `Feature` object the client returns (`.raw` is the JSON body).
-        Find the feature explained as "Monday" with SQL, then read it.
+        Find the feature explained as "Monday" (`features(where=...)` takes a SQL condition on the `features`
+        table), then read it; `activations(id, top=N)` gives its strongest examples as a table, top-first.
         """
     ),
     code(
         '''
-        monday_index = mirror.sql(
-            """SELECT "index" FROM features WHERE model_id = ? AND source = ? AND top_explanation = 'Monday'""",
-            [SRC.model_id, SRC.source],
-        ).column("index").to_pylist()
+        monday_index = mirror.features(SRC, ["index"], where="top_explanation = 'Monday'").column("index").to_pylist()
         assert len(monday_index) == 1, monday_index
         feature = mirror.feature(f"{SRC}/{monday_index[0]}")
 
         print(feature.id, "·", feature.top_explanation, "· max activation ≈", feature.max_act_approx)
         for e in feature.explanations:
             print(f"  explanation: {e.description!r} ({e.explanation_model_name})")
-        # POST /api/features sends activations unordered: take the strongest one.
-        top = max(feature.activations, key=lambda a: a.max_value if a.max_value is not None else float("-inf"))
+        # POST /api/features sends activations unordered; the mirror ranks them: rank 0 is the largest max_value.
+        strongest = mirror.activations(feature.id, top=3)
+        display(show(strongest.select(["rank", "max_value", "max_value_token_index", "activation_id"])))
+        top = next(a for a in feature.activations if a.id == strongest.column("activation_id")[0].as_py())
+        assert top.max_value == max(a.max_value for a in feature.activations if a.max_value is not None)
         peak = top.max_value_token_index
         window = range(max(0, peak - 8), min(len(top.tokens), peak + 4))
         print("  top activation:", "".join(f"[[{top.tokens[i]}]]" if i == peak else top.tokens[i] for i in window).replace("\\n", "\\\\n"))
@@ -229,25 +230,29 @@ NB01 = [
     ),
     md(
         """
-        ## 5. SQL over explanations
+        ## 5. Search the explanations; decoder neighbours without weights
 
         Every explanation is a row (`explanations`: `description`, `explanation_model_name`, `type_name`, ...);
-        every feature carries its `top_explanation`. A keyword search over all explanations finds the
-        seven day-of-the-week features, some through their second explanation.
+        every feature carries its `top_explanation`. `Mirror.search` is a keyword search over all explanations,
+        offline and ranked exactly as `np-mirror serve`'s explanation search ranks; "day" finds the seven
+        day-of-the-week features, each also through its second explanation. `Mirror.neighbors` gives a feature's
+        nearest decoder directions: from attached weights when there are some (notebook 02), else from the
+        `topkCosSim` lists Neuronpedia sends with each feature, and the `origin` column says which.
         """
     ),
     code(
         '''
-        days = mirror.sql(
-            """SELECT f."index", f.top_explanation, list(e.description ORDER BY e.rank) AS explanations
-               FROM explanations e JOIN features f USING (feature_key)
-               WHERE e.model_id = ? AND e.source = ? AND e.description ILIKE '%day%'
-               GROUP BY ALL ORDER BY f."index\\"""",
-            [SRC.model_id, SRC.source],
-        )
+        hits = mirror.search("day", source=SRC, limit=None)
+        display(show(hits.select(["index", "description", "score"]), n=14))
+        days = mirror.features(SRC, ["index", "top_explanation"], where='"index" IN (SELECT unnest(?))',
+                               params=[hits.column("index").to_pylist()])
         DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
         assert sorted(days.column("top_explanation").to_pylist()) == sorted(DAYS)
-        show(days)
+
+        near = mirror.neighbors(feature.id, k=4)
+        assert set(near.column("origin").to_pylist()) == {"stored topkCosSim"}
+        assert near.column("explanation")[0].as_py() == "Monday" and set(near.column("explanation").to_pylist()[1:3]) == {"Sunday", "Tuesday"}
+        show(near)
         '''
     ),
     md(
@@ -286,10 +291,8 @@ NB01 = [
         import matplotlib.pyplot as plt
 
         max_act = feats.column("max_act_approx").to_numpy(zero_copy_only=False)
-        day_rows = mirror.sql(
-            'SELECT top_explanation, max_act_approx FROM features WHERE source = ? AND top_explanation IN (SELECT unnest(?))',
-            [SRC.source, DAYS],
-        ).to_pylist()
+        day_rows = mirror.features(SRC, ["top_explanation", "max_act_approx"], where="top_explanation IN (SELECT unnest(?))",
+                                   params=[DAYS]).to_pylist()
 
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1, 1.6]})
         ax1.hist(max_act[np.isfinite(max_act)], bins=40, color="#9db4c0")
@@ -383,7 +386,7 @@ NB02 = [
         """
     ),
     md(_REAL_WEIGHTS_MD),
-    setup_cell("02", _GEOM_IMPORTS.format(api="neighbors, pca, select_features") + "from npclient.geometry.subspace import circular_order\n"),
+    setup_cell("02", _GEOM_IMPORTS.format(api="pca, select_features") + "from npclient.geometry.subspace import circular_order\n"),
     md("## 1. Mirror the source and attach its decoder"),
     code(_SYNC_AND_ATTACH.format(d_sae=512)),
     md(
@@ -398,10 +401,7 @@ NB02 = [
         """
         DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
         days = select_features(mirror, SRC, where="top_explanation ILIKE '%day%'")
-        explained = mirror.sql(
-            'SELECT "index", top_explanation FROM features WHERE source = ? AND "index" IN (SELECT unnest(?)) ORDER BY "index"',
-            [SRC.source, days.tolist()],
-        )
+        explained = mirror.features(SRC, ["index", "top_explanation"], where="top_explanation ILIKE '%day%'")
         print(explained.to_pylist())
         assert sorted(explained.column("top_explanation").to_pylist()) == sorted(DAYS)
         assert sorted(days.tolist()) == sorted(sae.days)  # the planted features, found through their explanations
@@ -412,15 +412,17 @@ NB02 = [
         ## 3. Decoder neighbours
 
         On a circle of seven, each day's nearest directions are its two calendar neighbours
-        (cos 2π/7 ≈ 0.62), and the next ones are already at cos 4π/7 ≈ −0.22. `neighbors` returns the
-        cosine neighbours joined with their explanations.
+        (cos 2π/7 ≈ 0.62), and the next ones are already at cos 4π/7 ≈ −0.22. `Mirror.neighbors` returns the
+        cosine neighbours joined with their explanations, here computed from the attached decoder
+        (`origin` says "weights"; without weights it reads Neuronpedia's stored `topkCosSim` lists).
         """
     ),
     code(
         """
         monday = next(r["index"] for r in explained.to_pylist() if r["top_explanation"] == "Monday")
-        near = neighbors(mirror, f"{SRC}/{monday}", k=4)
+        near = mirror.neighbors(f"{SRC}/{monday}", k=4)
         print(near.to_pylist())
+        assert set(near.column("origin").to_pylist()) == {"weights"}
         ex = near.column("explanation").to_pylist()
         assert ex[0] == "Monday" and set(ex[1:3]) == {"Tuesday", "Sunday"}
         assert abs(near.column("cosine")[1].as_py() - np.cos(2 * np.pi / 7)) < 0.05
@@ -1022,19 +1024,18 @@ NB05 = [
         '''
         MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
                   "September", "October", "November", "December"]
-        months_sql = "top_explanation IN (" + ", ".join(f"'{m}'" for m in MONTHS) + ")"
-        month_rows = mirror.sql(
-            f"""SELECT f."index", f.top_explanation, f.max_act_approx, count(a.rank) AS activations
-                FROM features f LEFT JOIN activations a USING (feature_key)
-                WHERE f.source = ? AND {months_sql} GROUP BY ALL ORDER BY f."index\\"""",
-            [L0.source],
-        )
+        months_sql = "top_explanation IN (" + ", ".join(f"'{m}'" for m in MONTHS) + ")"  # a condition on `features`
+        month_rows = mirror.features(L0, ["index", "top_explanation", "max_act_approx", "n_activations", "origin"],
+                                     where=months_sql)
         assert sorted(month_rows.column("top_explanation").to_pylist()) == sorted(MONTHS)
         march_index = next(r["index"] for r in month_rows.to_pylist() if r["top_explanation"] == "March")
         march = mirror.feature(f"{L0}/{march_index}")
-        print(march.id, march.top_explanation, len(march.activations), "activations, origin", mirror.sql(
-            "SELECT origin FROM features WHERE feature_key = ?", [str(march.id)]).column("origin")[0].as_py())
+        print(march.id, march.top_explanation, len(march.activations), "activations, origin",
+              month_rows.column("origin")[0].as_py())
         assert march.top_explanation in MONTHS and len(march.activations) >= 20
+        # the same activations as a table, top-first: imported features are ranked like fetched ones
+        march_acts = mirror.activations(march.id)
+        assert march_acts.column("activation_id").to_pylist() == [a.id for a in march.activations]
         show(month_rows, 12)
         '''
     ),

@@ -23,7 +23,8 @@
     │   └── QueryError            SQL that DuckDB rejected (syntax, unknown column, a write when read-only)
     ├── WeightsError              SAE weights missing, malformed or not matching the source
     │   ├── WeightsMismatch       weights that load but belong to another source or shape
-    │   └── CorruptWeights        a weights file that cannot be read
+    │   ├── CorruptWeights        a weights file that cannot be read
+    │   └── HubUnreachable        not in the Hugging Face cache, and the hub cannot be reached (also an NPTransportError)
     └── ExportError               a bulk export (S3 dump) could not be listed or downloaded
         ├── CorruptDownload       a downloaded file whose size or MD5 does not match the listing
         └── UnsafeKey             an object key that would write outside the export cache
@@ -236,4 +237,11 @@ class WeightsRequestError(WeightsError, InvalidOptionError):
     """Attach arguments that do not go together or name nothing (a WeightsError too, as it was)."""
 
 
-__all__ += ["InvalidPathError", "FeatureOutOfRange", "WeightsRequestError"]
+class HubUnreachable(WeightsError, NPTransportError):
+    """The SAE's files are not cached here and the Hugging Face hub cannot be reached.
+
+    A WeightsError (nothing was attached) and a transport error (the network, not the
+    request, is what failed: the CLI answers exit 1)."""
+
+
+__all__ += ["InvalidPathError", "FeatureOutOfRange", "WeightsRequestError", "HubUnreachable"]

@@ -1,10 +1,12 @@
 """`Mirror`: the researcher's handle on the local database, and the one way in for everything else.
 
 It reads what a sync wrote: `feature(id)` gives back the same `Feature` the client returned,
-with `.raw` equal to what the server sent; `features(source)` and `sql(...)` give Arrow
-tables. It also does the work that fills the mirror (`sync`, `import_`, `attach_weights`) and
-hands the rest of the package typed access to the file (`store`): geometry, serve and the CLI
-reach the mirror through here and never hold a connection themselves.
+with `.raw` equal to what the server sent; `features`, `activations`, `explanations`, `search`,
+`neighbors` and `sql` give Arrow tables (`.to_pandas()` is one call away); their queries live
+in `store/`, and the methods here only check arguments and choose. It also does the work that
+fills the mirror (`sync`, `import_`, `attach_weights`) and hands the rest of the package typed
+access to the file (`store`): geometry, serve and the CLI reach the mirror through here and
+never hold a connection themselves.
 
 The file is opened per use and released after `linger_s` of idleness (see
 `store/database.py`), so a sync in another process can still write between reads.
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar, Un
 import duckdb
 import pyarrow as pa
 
-from .errors import QueryError
+from .errors import FeatureOutOfRange, InvalidOptionError, QueryError, WeightsError
 from .ids import FeatureId, FeatureIdLike, SourceId, SourceSetId, parse_target
 from .models import Feature
 from .store import Store
@@ -89,14 +91,97 @@ class Mirror:
         raw = self.store.export_feature(key)
         return None if raw is None else Feature.from_raw(raw)
 
-    def features(self, source: SourceId | str, columns: Optional[Sequence[str]] = None) -> pa.Table:
-        """One row per stored feature of `source`, in index order, as an Arrow table."""
-        sid = source if isinstance(source, SourceId) else SourceId.parse(source)
-        select = "*" if not columns else ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
-        return self.sql(
-            f'SELECT {select} FROM features WHERE model_id = ? AND source = ? ORDER BY "index"',
-            [sid.model_id, sid.source],
-        )
+    def features(self, source: SourceId | str, columns: Optional[Sequence[str]] = None, *,
+                 where: Optional[str] = None, params: Sequence[Any] = ()) -> pa.Table:
+        """One row per stored feature of `source`, in index order, as an Arrow table.
+
+        `where` is a SQL condition on the `features` table (its `?` take `params`); it runs as
+        one read-only SELECT, so it filters and never writes.
+
+        >>> Mirror().features("gpt2-small/0-res-jb", ["index", "top_explanation"],
+        ...                   where="frac_nonzero < ? AND top_explanation ILIKE '%day%'", params=[0.01])
+        """
+        return self.store.features(_source(source), columns, where, params)
+
+    def activations(self, feature: FeatureIdLike, top: Optional[int] = None) -> pa.Table:
+        """A feature's activations top-first (`rank` 0 = largest `max_value`, ties by activation
+        id: the order every sync path stores), every column of the `activations` table; the
+        first `top` only if given. Empty when the mirror does not hold the feature.
+
+        >>> Mirror().activations("gpt2-small/0-res-jb/3", top=5).to_pandas()[["max_value", "tokens"]]
+        """
+        fid = self._in_range(feature)
+        if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 0):
+            raise InvalidOptionError(f"top must be a whole number of activations, 0 or more (got {top!r})",
+                                     option="top")
+        return self.store.activations(feature_key(fid), top)
+
+    def explanations(self, feature: FeatureIdLike) -> pa.Table:
+        """A feature's explanations in the mirror's rank order: row 0 is its `top_explanation`
+        (README, "Top explanation"). Empty when the mirror holds none.
+
+        >>> Mirror().explanations("gpt2-small/0-res-jb/3").column("description").to_pylist()
+        """
+        return self.store.explanations(feature_key(self._in_range(feature)))
+
+    def search(self, query: str, source: Union[SourceId, str, Sequence[Union[SourceId, str]], None] = None,
+               model: Optional[str] = None, limit: Optional[int] = 20, *, regex: bool = False) -> pa.Table:
+        """Explanations whose description matches `query`, best first: offline keyword search,
+        ranked exactly as `np-mirror serve`'s `/api/explanation/search` ranks (cosine of the word
+        sets, +1 for the verbatim phrase; ties by source, then index). `source` (one or several,
+        of one model) or `model` narrows it; `limit=None` returns every hit; `regex=True` takes
+        `query` as a case-insensitive RE2 regular expression.
+
+        >>> Mirror().search("days of the week", source="gpt2-small/0-res-jb", limit=5).to_pandas()
+        """
+        from .store.search import search_table
+
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise InvalidOptionError(f"limit must be a whole number of results, 0 or more, or None (got {limit!r})",
+                                     option="limit")
+        model_id, sources = _search_scope(source, model)
+        try:
+            hits = self.store.search_explanations(query, model_id=model_id, sources=sources, regex=regex)
+        except duckdb.Error as exc:  # a regular expression RE2 refuses
+            raise QueryError(f"the pattern {query!r}: {str(exc).strip().splitlines()[0]}") from None
+        return search_table(hits if limit is None else hits[:limit])
+
+    def neighbors(self, feature: FeatureIdLike, k: int = 10, against: Union[SourceId, str, None] = None, *,
+                  device: Optional[str] = None) -> pa.Table:
+        """A feature's k nearest decoder directions (itself first), each with its top explanation.
+
+        From the attached weights when its source has them (`attach_weights`; `against` then
+        names another source with weights, e.g. a wider SAE, to search in), else from the
+        `topkCosSim` lists the mirror stored from Neuronpedia. The `origin` column (and the
+        table's metadata) says which: "weights" or "stored topkCosSim".
+
+        >>> Mirror().neighbors("gpt2-small/0-res-jb/3", k=5).to_pandas()[["index", "cosine", "explanation"]]
+        """
+        fid = self._in_range(feature)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InvalidOptionError(f"k must be a whole number of neighbours, 1 or more (got {k!r})", option="k")
+        sid = fid.source_id
+        weighted = self.store.weights(sid) is not None
+        if against is not None:
+            target = _source(against)
+            missing = [str(s) for s in dict.fromkeys((sid, target)) if self.store.weights(s) is None]
+            if missing:
+                raise InvalidOptionError(
+                    f"neighbours in another source come from decoder weights, and {', '.join(missing)} "
+                    "has none attached (attach_weights); the stored topkCosSim lists cover a feature's own "
+                    "source only", option="against")
+        if weighted:
+            from .geometry.api import neighbors
+
+            table, origin = neighbors(self, fid, k, against=against, device=device), "weights"
+        else:
+            stored = self.store.stored_neighbors(sid, feature_key(fid), k)
+            if stored is None:
+                raise WeightsError(f"{fid}: no decoder weights are attached to {sid} and the mirror holds no "
+                                   "topkCosSim list for this feature (attach weights, or sync the feature)")
+            table, origin = stored, "stored topkCosSim"
+        table = table.append_column("origin", pa.array([origin] * table.num_rows, pa.string()))
+        return table.replace_schema_metadata({**(table.schema.metadata or {}), b"origin": origin.encode()})
 
     def sql(self, query: str, params: Optional[Sequence[Any]] = None) -> pa.Table:
         """Run SQL on the mirror and return Arrow (`?` placeholders take `params`)."""
@@ -105,6 +190,15 @@ class Mirror:
                 return cur.sql(query, params=list(params) if params is not None else None).to_arrow_table()
             except duckdb.Error as exc:
                 raise QueryError(str(exc).strip().splitlines()[0]) from None
+
+    def _in_range(self, feature: FeatureIdLike) -> FeatureId:
+        """The feature's id, refused when its index lies beyond its source's known size."""
+        fid = FeatureId.coerce(feature)
+        count = self.store.feature_count(fid.source_id)
+        if count is not None and fid.index >= count:
+            raise FeatureOutOfRange(f"feature {fid.index} is beyond {fid.source_id}, which has {count:,} features "
+                                    f"(0..{count - 1})", option="feature")
+        return fid
 
     def status(self) -> list[dict[str, Any]]:
         """Per source: features present / total, explained, scored, failures, thin columns."""
@@ -199,6 +293,23 @@ class Mirror:
         returns rows written per table."""
         sids = [s if isinstance(s, SourceId) else SourceId.parse(s) for s in sources] if sources else None
         return self.store.export_parquet(Path(out_dir), sids)
+
+
+def _source(source: SourceId | str) -> SourceId:
+    return source if isinstance(source, SourceId) else SourceId.parse(source)
+
+
+def _search_scope(source: Union[SourceId, str, Sequence[Union[SourceId, str]], None],
+                  model: Optional[str]) -> tuple[Optional[str], Optional[list[str]]]:
+    """(model id, source names) for a search: sources of one model, or a model, or everything."""
+    if source is None:
+        return model, None
+    sids = [_source(source)] if isinstance(source, (SourceId, str)) else [_source(s) for s in source]
+    models = {s.model_id for s in sids} | ({model} if model is not None else set())
+    if len(models) > 1:
+        raise InvalidOptionError(f"search one model at a time (got {', '.join(sorted(models))})",
+                                 option="model" if model is not None else "source")
+    return (models.pop() if models else model), [s.source for s in sids]
 
 
 def _make_client(base_url: Optional[str], rate: Optional[float], concurrency: int) -> Any:

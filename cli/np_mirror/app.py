@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from . import cmd_demo, cmd_emulator, cmd_exports, cmd_fetch, cmd_geometry, cmd_read, cmd_serve, cmd_sync, cmd_weights
-from .errors import EXIT_INTERRUPTED, begin, handle, remember_command, set_debug
+from . import cmd_cache, cmd_demo, cmd_emulator, cmd_exports, cmd_fetch, cmd_geometry, cmd_read, cmd_serve, cmd_sync, cmd_weights
+from .common import Globals
+from .errors import EXIT_INTERRUPTED, Interrupted, begin, handle, remember_command, set_debug
+from .options import DEFAULT_WAIT_S
 
 app = typer.Typer(
     name="np-mirror",
@@ -19,7 +22,8 @@ app = typer.Typer(
         "gpt2-small/0-res-jb/123` or `np-mirror sql \"select ...\"`. Set NEURONPEDIA_BASE_URL to "
         "use another server (e.g. `np-mirror emulator`), NEURONPEDIA_API_KEY to send a key, "
         "NP_MIRROR_HOME to move the mirror (default ~/.cache/np-mirror).\n\n"
-        "Exit codes: 0 ok; 1 done with failures, or an unexpected error; 2 bad input, nothing done. "
+        "Exit codes: 0 ok; 1 the work failed (network, server, a busy mirror, or an unexpected error); "
+        "2 bad input, nothing done; 130 interrupted. "
         "Errors are one line; --debug (before or after the command) or NP_MIRROR_DEBUG=1 adds the traceback."
     ),
     no_args_is_help=True,
@@ -42,13 +46,18 @@ app.command("demo")(cmd_demo.demo)
 app.add_typer(cmd_weights.weights_app, name="weights")
 app.command("neighbors")(cmd_geometry.neighbors)
 app.add_typer(cmd_geometry.geometry_app, name="geometry")
+app.add_typer(cmd_cache.cache_app, name="cache")
 
 
 @app.callback()
 def _options(
     debug: Annotated[bool, typer.Option("--debug", help="Print the traceback of any error (as NP_MIRROR_DEBUG=1 does); also accepted after the command.")] = False,
+    db: Annotated[Optional[Path], typer.Option("--db", help="Mirror database file for the command (its own --db wins) [default: $NP_MIRROR_HOME/mirror.duckdb].", show_default=False)] = None,
+    wait: Annotated[float, typer.Option("--wait", metavar="SECONDS", min=0, help="How long to wait for a mirror that another process holds before giving up (exit 1).")] = DEFAULT_WAIT_S,
 ) -> None:
     set_debug(debug)
+    Globals.db_path = db
+    Globals.wait_s = wait
 
 
 def _take_debug(args: list[str]) -> tuple[list[str], bool]:
@@ -68,7 +77,10 @@ def _watch(command: Any) -> None:
         @functools.wraps(callback)
         def run(*args: object, **kwargs: object) -> object:
             remember_command(params)
-            return callback(*args, **kwargs)
+            try:
+                return callback(*args, **kwargs)
+            except KeyboardInterrupt:  # not click's Abort: it would print a blank line first
+                raise Interrupted() from None
 
         command.callback = run
     for sub in getattr(command, "commands", {}).values():
@@ -79,6 +91,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Run one command line; return its exit code (see errors.py for the table)."""
     args, debug = _take_debug(list(sys.argv[1:] if argv is None else argv))
     begin(debug=debug)
+    Globals.reset()
     command = typer.main.get_command(app)
     _watch(command)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -23,6 +23,7 @@ def emulator(
     s3_port: Annotated[int, typer.Option("--s3-port", help="Port of the bulk-export bucket (a read-only S3 subset); 0 picks a free one.")] = 0,
     no_exports: Annotated[bool, typer.Option("--no-exports", help="Do not serve bulk exports.")] = False,
     write_export: Annotated[Optional[Path], typer.Option("--write-export", help="Write the emulator's sources in the real export layout under DIR, then exit.", show_default=False)] = None,
+    write_sae: Annotated[Optional[Path], typer.Option("--write-sae", metavar="DIR", help="Also write each SAE source's decoder as an sae_lens folder DIR/MODEL/SOURCE (row i is feature i), and print the `np-mirror weights add` line for it.", show_default=False)] = None,
 ) -> None:
     """Serve a Neuronpedia emulator on 127.0.0.1 until Ctrl-C.
 
@@ -30,7 +31,8 @@ def emulator(
     deterministic synthetic features, and imitates the real rate limiter and failures.
     Point np-mirror at it with NEURONPEDIA_BASE_URL=http://127.0.0.1:PORT. It also serves
     its sources as bulk exports from a read-only S3 subset (ListObjectsV2, GET with Range):
-    NP_MIRROR_EXPORTS_URL is printed at start.
+    NP_MIRROR_EXPORTS_URL is printed at start. `--write-sae DIR` writes the SAEs behind its
+    features, so `np-mirror weights add` and geometry work offline too.
     """
     from npclient.testing import EmulatorConfig, EmulatorServer, FaultConfig, RateLimitConfig
 
@@ -56,30 +58,44 @@ def emulator(
         from npclient.testing import EmulatorState
         from npclient.testing.emulator.exports import write_export as write
 
-        files = write(EmulatorState(config), write_export)
+        state = EmulatorState(config)
+        files = write(state, write_export)
         typer.echo(f"wrote {len(files)} export files under {write_export}", err=True)
+        if write_sae is not None:
+            for line in _write_saes(state, write_sae):
+                typer.echo(f"  {line}", err=True)
         return
     try:
         server = EmulatorServer(config, port=port).start()
     except (OSError, RuntimeError) as exc:
         raise fail(f"cannot serve on 127.0.0.1:{port}: {exc}")
+    _stop_on_sigterm()
     s3 = None
-    if not no_exports:
-        import tempfile
-
-        from npclient.testing.emulator.exports import write_export as write
-        from npclient.testing.emulator.s3 import S3Server
-
-        export_root = Path(tempfile.mkdtemp(prefix="np-emulator-exports-"))
-        write(server.state, export_root)
-        s3 = S3Server(export_root, port=s3_port).start()
-    typer.echo(f"Neuronpedia emulator on {server.url}  (Ctrl-C to stop)", err=True)
-    for spec in server.state.sources():
-        typer.echo(f"  {spec.model_id}/{spec.source_id}  {spec.d_sae if spec.kind == 'sae' else spec.n_vectors} {'features' if spec.kind == 'sae' else 'vectors'}", err=True)
-    typer.echo(f"  export NEURONPEDIA_BASE_URL={server.url}", err=True)
-    if s3 is not None:
-        typer.echo(f"  export NP_MIRROR_EXPORTS_URL={s3.bucket_url}", err=True)
+    export_root: Optional[Path] = None
     try:
+        attach = _write_saes(server.state, write_sae) if write_sae is not None else []
+        if not no_exports:
+            import tempfile
+
+            from npclient.testing.emulator.exports import write_export as write
+            from npclient.testing.emulator.s3 import S3Server
+
+            export_root = Path(tempfile.mkdtemp(prefix="np-emulator-exports-"))
+            write(server.state, export_root)
+            try:
+                s3 = S3Server(export_root, port=s3_port).start()
+            except (OSError, RuntimeError) as exc:
+                raise fail(f"cannot serve the exports on 127.0.0.1:{s3_port}: {exc}")
+        typer.echo(f"Neuronpedia emulator on {server.url}  (Ctrl-C to stop)", err=True)
+        for spec in server.state.sources():
+            typer.echo(f"  {spec.model_id}/{spec.source_id}  {spec.d_sae if spec.kind == 'sae' else spec.n_vectors} {'features' if spec.kind == 'sae' else 'vectors'}", err=True)
+        if attach:
+            typer.echo(f"  SAE folders written under {write_sae}; attach one with:", err=True)
+            for line in attach:
+                typer.echo(f"  {line}", err=True)
+        typer.echo(f"  export NEURONPEDIA_BASE_URL={server.url}", err=True)
+        if s3 is not None:
+            typer.echo(f"  export NP_MIRROR_EXPORTS_URL={s3.bucket_url}", err=True)
         while server.running:
             time.sleep(0.5)
     except KeyboardInterrupt:
@@ -88,6 +104,37 @@ def emulator(
         server.stop()
         if s3 is not None:
             s3.stop()
+        if export_root is not None:
             import shutil
 
             shutil.rmtree(export_root, ignore_errors=True)
+
+
+def _write_saes(state: Any, root: Path) -> list[str]:
+    """Write every plantable SAE source as `root/MODEL/SOURCE`; return the commands that attach them."""
+    from npclient.testing.saes import can_plant, write_emulator_sae
+
+    if root.exists() and not root.is_dir():
+        raise fail(f"--write-sae: {root} exists and is not a folder")
+    lines: list[str] = []
+    for spec in state.sources():
+        if spec.kind != "sae" or not can_plant(spec.d_sae, spec.d_in):
+            continue
+        try:
+            folder = write_emulator_sae(root / spec.model_id / spec.source_id, state, spec.model_id, spec.source_id)
+        except OSError as exc:
+            raise fail(f"--write-sae: cannot write under {root}: {exc.strerror or exc}") from None
+        lines.append(f"np-mirror weights add {spec.model_id}/{spec.source_id} --path {folder}")
+    return lines
+
+
+def _stop_on_sigterm() -> None:
+    """`kill PID` stops the emulator as Ctrl-C does, so its temporary export folder is deleted."""
+    import signal
+    import threading
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)

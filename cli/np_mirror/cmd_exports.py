@@ -9,7 +9,7 @@ import typer
 
 from .common import open_mirror
 from .errors import EXIT_FAILURES
-from .options import DbOpt
+from .options import DbOpt, OutDirOpt
 from .output import hint
 
 
@@ -41,11 +41,15 @@ def import_(
 
 
 def export(
-    parquet: Annotated[Path, typer.Option("--parquet", help="Directory to write (features/, activations/, explanations/, each model=/source=/ partitioned).", show_default=False)],
+    parquet: OutDirOpt,
     ids: Annotated[Optional[list[str]], typer.Argument(help="Sources to export (default: all).", show_default=False)] = None,
     db: DbOpt = None,
 ) -> None:
-    """Write the mirror as a hive-partitioned Parquet dataset that DuckDB, Polars or Spark read as is."""
+    """Write the mirror as a hive-partitioned Parquet dataset that DuckDB, Polars or Spark read as is.
+
+    A source the mirror does not hold, or a folder that cannot be written, is refused (exit 2)
+    before anything is written.
+    """
     from npclient import SourceId
 
     sources = [SourceId.parse(i) for i in ids] if ids else None

@@ -9,16 +9,19 @@ import typer
 
 from .errors import EXIT_FAILURES
 from .options import BaseUrlOpt, ConcurrencyOpt, RateOpt
-from .output import json_out, lines_out
+from .output import Format, json_out, lines_out, rows_out
+
+COLUMNS = ["feature", "max_act", "activations", "explanations", "top_explanation"]
 
 
 def fetch(
-    ids: Annotated[list[str], typer.Argument(help="Feature ids, e.g. gpt2-small/0-res-jb/123.", show_default=False)],
+    ids: Annotated[list[str], typer.Argument(metavar="MODEL/SOURCE/INDEX", help="Feature ids, e.g. gpt2-small/0-res-jb/123.", show_default=False)],
     base_url: BaseUrlOpt = None,
     rate: RateOpt = None,
     concurrency: ConcurrencyOpt = 8,
     full: Annotated[bool, typer.Option("--full", help="One GET per feature: untrimmed explanations with scores.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print each feature's raw JSON (one object per line with --jsonl).")] = False,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="table or csv: one row per feature (id, max activation, counts, top explanation); json: one array of the raw objects.")] = Format.table,
+    as_json: Annotated[bool, typer.Option("--json", help="Print each feature's raw JSON object in turn (one object per line with --jsonl).")] = False,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="With --json: one compact object per line.")] = False,
 ) -> None:
     """Fetch features from Neuronpedia and print them (use `sync` to keep them)."""
@@ -34,17 +37,23 @@ def fetch(
 
     results = aio.run(run())
     failures = 0
+    found = []
     for fid, result in zip(feature_ids, results):
-        if not isinstance(result, Feature):
+        if isinstance(result, Feature):
+            found.append(result)
+        else:
             failures += 1
             typer.echo(f"np-mirror: {fid}: {result}", err=True)
-        elif as_json:
+    if as_json:
+        for result in found:
             if jsonl:
                 lines_out([result.raw_json.decode()])
             else:
                 json_out(result.raw)
-        else:
-            top = result.top_explanation or "(no explanation)"
-            lines_out([f"{fid}\t{top}\tmaxAct={result.max_act_approx}\tactivations={len(result.activations)}"])
+    elif fmt is Format.json:
+        json_out([result.raw for result in found])
+    else:
+        rows_out([{"feature": str(f.id), "max_act": f.max_act_approx, "activations": len(f.activations),
+                   "explanations": len(f.explanations), "top_explanation": f.top_explanation} for f in found], fmt, COLUMNS)
     if failures:
         raise typer.Exit(EXIT_FAILURES)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .common import open_mirror
-from .options import DbOpt, FormatOpt
+from .options import DbOpt, DeviceOpt, Dtype, DtypeOpt, FormatOpt
 from .output import Format, hint, rows_out
 
 geometry_app = typer.Typer(
@@ -39,10 +39,19 @@ def _check_out(value: Optional[Path]) -> Optional[Path]:
     return value
 
 
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cuda, mps or cpu [default: the best available].", show_default=False)]
+LimitOpt = Annotated[int, typer.Option("--limit", min=0, help="Rows printed (0: all); every row is stored.")]
 FeaturesOpt = Annotated[Optional[str], typer.Option("--features", help="Comma-separated feature indices.", show_default=False, callback=_check_features)]
 WhereOpt = Annotated[Optional[str], typer.Option("--where", help="SQL condition on the features table, e.g. \"top_explanation ILIKE '%day%'\".", show_default=False)]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Write a plot: .png (matplotlib) or .html (plotly, works offline).", show_default=False, callback=_check_out)]
+
+
+def _check_device(device: Optional[str]) -> None:
+    """A device asked for must be present here (`--device cuda` on a machine without CUDA is bad
+    input, exit 2), checked before the mirror is opened, even where a stored table would answer."""
+    if device is not None:
+        from npclient.geometry.device import pick_device
+
+        pick_device(device)
 
 
 def _features(text: Optional[str]) -> Optional[list[int]]:
@@ -86,6 +95,7 @@ def neighbors(
     from npclient.geometry import api
 
     fid = FeatureId.parse(feature_id)
+    _check_device(device)
     with open_mirror(db, read_only=False) as mirror:
         table = api.neighbors(mirror, fid, k, against=against, device=device)
     rows_out(table.to_pylist(), fmt, ["rank", "index", "cosine", "explanation"])
@@ -97,14 +107,20 @@ def allpairs(
     k: Annotated[int, typer.Option("-k", min=1, help="Neighbours per feature (self first).")] = 25,
     db: DbOpt = None,
     device: DeviceOpt = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="float32 (exact), or bfloat16/float16 on a GPU.")] = "float32",
+    dtype: DtypeOpt = Dtype.float32,
+    fmt: FormatOpt = Format.table,
+    limit: LimitOpt = 30,
 ) -> None:
-    """Every feature's k nearest neighbours, stored in the `neighbors` table."""
+    """Every feature's k nearest neighbours, stored in the `neighbors` table; the first rows are printed."""
     from npclient.geometry import api
 
-    with open_mirror(db, read_only=False) as mirror, _Bar("all pairs") as bar:
-        rows = api.all_pairs(mirror, source, k, device=device, dtype=dtype, progress=bar)
-    hint(f"{rows} rows in table neighbors for {source}; e.g. np-mirror sql \"SELECT * FROM neighbors n JOIN features f ON ...\"")
+    _check_device(device)
+    with open_mirror(db, read_only=False) as mirror:
+        with _Bar("all pairs") as bar:
+            rows = api.all_pairs(mirror, source, k, device=device, dtype=dtype.value, progress=bar)
+        table = api.stored_neighbors(mirror, source, limit=limit or None)
+    hint(f"{rows:,} rows in table neighbors for {source}; e.g. np-mirror sql \"SELECT * FROM neighbors n JOIN features f ON ...\"")
+    rows_out(table.to_pylist(), fmt, ["index", "explanation", "rank", "neighbor_index", "neighbor_explanation", "cosine"])
 
 
 @geometry_app.command("match")
@@ -120,6 +136,7 @@ def match(
     """For each feature of A its best decoder matches in B: feature splitting across widths."""
     from npclient.geometry import api
 
+    _check_device(device)
     with open_mirror(db, read_only=False) as mirror, _Bar("matching") as bar:
         table = api.match(mirror, source_a, source_b, k, device=device, progress=bar)
     rows = table.to_pylist()
@@ -221,6 +238,8 @@ def umap(
     k: Annotated[int, typer.Option("-k", min=2, help="Neighbours in the kNN graph (self included).")] = 15,
     out: OutOpt = None,
     db: DbOpt = None,
+    fmt: FormatOpt = Format.table,
+    limit: LimitOpt = 30,
 ) -> None:
     """UMAP of a source's decoder (or a subset), on our exact cosine kNN graph, stored in `coordinates`."""
     from npclient.geometry import api
@@ -229,7 +248,9 @@ def umap(
         chosen = _selection(mirror, source, features, where) if (features or where) else None
         with _Bar("umap") as bar:
             table = api.umap(mirror, source, features=chosen, k=k, progress=bar)
-    hint(f"{table.num_rows} points in table coordinates (method 'umap')")
+    hint(f"{table.num_rows:,} points in table coordinates (method 'umap')")
+    rows = table.to_pylist()
+    rows_out(rows[:limit] if limit else rows, fmt, ["index", "x", "y", "explanation"])
     if out is not None:
         import numpy as np
 

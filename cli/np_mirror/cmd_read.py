@@ -9,12 +9,12 @@ import typer
 
 from .common import make_client, open_mirror
 from .errors import EXIT_BAD_INPUT, EXIT_FAILURES
-from .options import BaseUrlOpt, DbOpt, FormatOpt
+from .options import BaseUrlOpt, DbOpt, FormatOpt, SqlQueryArg
 from .output import Format, hint, json_out, rows_out
 
 
 def sources(
-    model: Annotated[Optional[str], typer.Argument(help="Only this model (e.g. gpt2-small); its sizes are looked up too.", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Argument(metavar="MODEL", help="Only this model (e.g. gpt2-small); its sizes are looked up too.", show_default=False)] = None,
     base_url: BaseUrlOpt = None,
     fmt: FormatOpt = Format.table,
     refresh: Annotated[bool, typer.Option("--refresh", help="Ask the server again instead of the day-old cache.")] = False,
@@ -70,46 +70,96 @@ def sources(
     rows_out(rows, fmt, ["model", "set", "source", "d_sae"])
 
 
+#: The table view of `status`; CSV and JSON carry every column (activation and explanation rows too).
+STATUS_TABLE = ["source", "present", "total", "explained", "scored", "failed", "origins", "last_fetched", "thin"]
+STATUS_ALL = ["source", "present", "total", "activations", "explanations", "explained", "scored", "failed", "origins",
+              "last_fetched", "thin"]
+
+
 def status(db: DbOpt = None, fmt: FormatOpt = Format.table) -> None:
-    """Per source: features present/total, activations, explanations, failures, last fetch."""
+    """Per source: features present/total, explained (features with an explanation), scored, failures, last fetch.
+
+    `--format csv|json` adds the row counts: `activations` and `explanations` (rows, several
+    per feature). `thin` names what some present features lack (`scores`: fetched by POST or
+    imported, see `sync --scores`; `umap`: imported without coordinates).
+    """
     with open_mirror(db, read_only=True) as mirror:
         rows = mirror.status()
     if not rows and fmt is Format.table:
         hint("np-mirror: the mirror is empty; try `np-mirror sync gpt2-small/0-res-jb`")
-    rows_out(rows, fmt, ["source", "present", "total", "activations", "explanations", "explained", "scored", "failed",
-                         "origins", "last_fetched", "thin"])
+    rows_out(rows, fmt, STATUS_TABLE if fmt is Format.table else STATUS_ALL)
+
+
+FeatureIdArg = Annotated[str, typer.Argument(metavar="MODEL/SOURCE/INDEX", help="Feature id, e.g. gpt2-small/0-res-jb/123.",
+                                             show_default=False)]
 
 
 def show(
-    feature_id: Annotated[str, typer.Argument(help="Feature id, e.g. gpt2-small/0-res-jb/123.", show_default=False)],
+    feature_id: FeatureIdArg,
     db: DbOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the stored raw object, exactly as the server sent it.")] = False,
-    acts: Annotated[int, typer.Option("--acts", help="How many top activations to show.")] = 5,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="table: the feature drawn for reading; csv: one row per top activation; json: the stored raw object.")] = Format.table,
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json: the stored raw object, exactly as the server sent it.")] = False,
+    acts: Annotated[int, typer.Option("--acts", min=0, help="How many top activations to show.")] = 5,
 ) -> None:
-    """Show a mirrored feature: explanations, top activations (max token marked), logits."""
+    """Show a mirrored feature: explanations, top activations (max token marked), logits.
+
+    The max token is drawn [[like this]] when stdout is not a colour terminal, and tokens that
+    are only whitespace show as ␣ (and ↵ for a newline), here and in the logits table.
+    """
     from npclient import FeatureId
 
     fid = FeatureId.parse(feature_id)
     with open_mirror(db, read_only=True) as mirror:
         feature = mirror.feature(fid)
+        total = mirror.store.feature_count(fid.source_id) if feature is None else None
     if feature is None:
+        if total is not None and fid.index >= total:
+            from npclient.errors import FeatureOutOfRange
+
+            raise FeatureOutOfRange(f"feature {fid.index} is beyond {fid.source_id}, which has {total:,} features "
+                                    f"(0..{total - 1})")
         hint(f"np-mirror: {fid} is not in the mirror (np-mirror sync {fid.source_id} --range {fid.index}:{fid.index + 1})")
         raise typer.Exit(EXIT_FAILURES)
-    if as_json:
+    if as_json or fmt is Format.json:
         json_out(feature.raw)
         return
-    from .feature_view import render_feature
+    from .feature_view import activation_rows, render_feature
 
+    if fmt is Format.csv:
+        rows_out(activation_rows(feature, acts), fmt, None)
+        return
     render_feature(feature, acts)
 
 
+#: What each table of a mirror holds, for `sql --help`. tests/test_cli_output.py holds its keys
+#: to `npclient.store.schema.MIRROR_TABLES` (read there, not here: importing the store would
+#: load DuckDB and Arrow for every `--help`).
+TABLES = {
+    "features": "one row per feature: max_act_approx, frac_nonzero, logits, topk_cos_sim_*",
+    "activations": "top examples per feature: rank, tokens, values, max_value_token_index",
+    "explanations": "explanations per feature: rank, description, scores (JSON), embedding",
+    "raw_chunks": "each API feature's body as the server sent it (what show --json prints)",
+    "sources": "known sources: feature_count, saelens_release, saelens_sae_id, hook_name",
+    "source_sets": "source sets (e.g. res-jb) as Neuronpedia lists them",
+    "models": "models: display_name, layers, dimension",
+    "sync_runs": "one row per sync: targets, options (JSON), status, counts, pid, host",
+    "failures": "features not fetched: reason, status_code, permanent (a 404)",
+    "export_files": "bulk export files: kind, batch, status, rows_imported",
+    "weights": "attached decoders: d_sae, d_in, dtype, sha256, decoder_path, bad rows",
+    "neighbors": "geometry allpairs: index, rank, neighbor_index, cosine",
+    "matches": "geometry match: index, against, rank, match_index, cosine",
+    "coordinates": "geometry pca/umap: index, method, x, y",
+    "clusters": "geometry cluster: index, run, label, leaf_position",
+    "head_features": "geometry nullspace: index, matrix, colspace_fraction, invisible, suppressed",
+}
+
+
 def sql(
-    query: Annotated[str, typer.Argument(help="A read-only SQL query over the mirror's tables.", show_default=False)],
+    query: SqlQueryArg,
     db: DbOpt = None,
     fmt: FormatOpt = Format.table,
     limit: Annotated[int, typer.Option("--limit", help="Rows printed at most in table format (0: all).")] = 200,
 ) -> None:
-    """Run read-only SQL on the mirror (tables: features, activations, explanations, sources, failures, sync_runs)."""
     with open_mirror(db, read_only=True) as mirror:
         table = mirror.sql(query)
     rows = table.to_pylist()
@@ -117,3 +167,10 @@ def sql(
         hint(f"np-mirror: showing {limit} of {len(rows)} rows (--limit 0 or --format csv for all)")
         rows = rows[:limit]
     rows_out(rows, fmt, table.column_names)
+
+
+sql.__doc__ = (
+    "Run read-only SQL on the mirror. Every feature-level table is keyed by model_id, source, \"index\" "
+    "(feature_key = model/source/index).\n\n\b\nTables:\n"
+    + "\n".join(f"  {name:<14}{text}" for name, text in TABLES.items())
+)

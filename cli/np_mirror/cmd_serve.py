@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
 from typing import Annotated
 
 import typer
 
-from .errors import fail
+from .common import resolve_db
+from .errors import EXIT_FAILURES, fail
 from .options import DbOpt
 
 
@@ -18,6 +21,27 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, made before anything is announced; a port that is taken
+    is one line and exit 1 (the request is sound, something else holds the port: as with a
+    busy mirror), naming the port and what to do. uvicorn then serves on this very socket."""
+    address = host.strip("[]")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family=family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no obstacle
+    try:
+        sock.bind((address, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise fail(f"port {port} on {host} is already in use (another server?); choose a free one with --port",
+                       EXIT_FAILURES) from None
+        if exc.errno == errno.EACCES:
+            raise fail(f"port {port} on {host} needs privileges; choose one above 1023 with --port", EXIT_FAILURES) from None
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_FAILURES) from None
+    return sock
 
 
 def serve(
@@ -45,6 +69,7 @@ def serve(
     from npclient.paths import default_db_path
     from npclient.serve import DEFAULT_ALLOWED_HOSTS, create_app
 
+    db = resolve_db(db)
     path = db if db is not None else default_db_path()
     if not path.exists():
         raise fail(f"no mirror at {path} (run `np-mirror sync` first, or pass --db)")
@@ -53,6 +78,16 @@ def serve(
     hosts = list(DEFAULT_ALLOWED_HOSTS) + list(allowed_host)
     if allow_remote and not _is_loopback(host) and host not in ("0.0.0.0", "::"):
         hosts.append(host)
-    app = create_app(path, allowed_hosts=hosts)
-    typer.echo(f"np-mirror: serving {path} on http://{host}:{port} (Ctrl-C to stop)", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    sock = _listen(host, port)
+    try:
+        app = create_app(path, allowed_hosts=hosts)
+        bound = sock.getsockname()[1]  # the real port, where --port 0 asked for any
+        shown = f"[{host.strip('[]')}]" if ":" in host else host
+        typer.echo(f"np-mirror: serving {path} on http://{shown}:{bound} (Ctrl-C to stop)", err=True)
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=bound, log_level="warning", access_log=False))
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn stops cleanly, then passes the signal on: the normal end
+            pass
+    finally:
+        sock.close()

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from .common import check_client_options, open_mirror
+from .errors import EXIT_INTERRUPTED
+from .output import hint
 from .options import BaseUrlOpt, ConcurrencyOpt, DbOpt, RateOpt
 
 
@@ -35,8 +37,10 @@ def sync(
 
     Each source's public bulk export is downloaded and imported first (it costs no rate
     limit); the API then fetches only what the export lacked. Rerunning resumes; Ctrl-C keeps
-    every batch already written. Exit code 1 if any feature or export file failed (see the
-    `failures` and `export_files` tables; `--retry-failed` asks again for 404s).
+    every batch already written, says how many features that is, and exits 130. A range that
+    starts beyond the source's known size is refused (exit 2). Exit code 1 if any feature or
+    export file failed (see the `failures` and `export_files` tables; `--retry-failed` asks
+    again for 404s).
     """
     from npclient.ids import parse_target
     from npclient.sync import parse_range
@@ -48,13 +52,37 @@ def sync(
         raise typer.BadParameter("--api-only and --exports-only exclude each other", param_hint="--api-only")
     check_client_options(rate, concurrency)
     display = SyncDisplay(enabled=not quiet)
-    with open_mirror(db, read_only=False) as mirror, display:
-        summary = mirror.sync(
-            *parsed, range=parse_range(range_) if range_ else None,
-            parts=tuple(p.strip() for p in parts.split(",") if p.strip()), max_acts=max_acts, full=full,
-            scores=scores, refresh=refresh, retry_failed=retry_failed, exports=not api_only,
-            exports_only=exports_only, base_url=base_url, exports_url=exports_url, rate=rate,
-            concurrency=concurrency, progress=display.update, on_plan=display.plan,
-        )
+    with open_mirror(db, read_only=False) as mirror:
+        try:
+            with display:
+                summary = mirror.sync(
+                    *parsed, range=parse_range(range_) if range_ else None,
+                    parts=tuple(p.strip() for p in parts.split(",") if p.strip()), max_acts=max_acts, full=full,
+                    scores=scores, refresh=refresh, retry_failed=retry_failed, exports=not api_only,
+                    exports_only=exports_only, base_url=base_url, exports_url=exports_url, rate=rate,
+                    concurrency=concurrency, progress=display.update, on_plan=display.plan,
+                )
+        except KeyboardInterrupt:
+            kept = _kept(mirror)
+            hint(f"np-mirror: interrupted: kept {kept if kept is not None else 'every committed batch of'} features; "
+                 "rerun to resume")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
     display.summary(summary)
     raise typer.Exit(summary.exit_code)
+
+
+def _kept(mirror) -> Optional[str]:
+    """How many features this process's last run wrote (every committed batch stays), or None
+    where the mirror cannot say."""
+    import os
+    import socket
+
+    try:
+        table = mirror.sql(
+            """SELECT count(*) AS n FROM features WHERE run_id =
+                   (SELECT max(run_id) FROM sync_runs WHERE pid = ? AND host = ?)""",
+            [os.getpid(), socket.gethostname()],
+        )
+        return f"{table.column('n')[0].as_py():,}"
+    except Exception:  # noqa: BLE001 - a busy or broken file: the line must still come
+        return None

@@ -6,14 +6,13 @@ and bare safetensors files never do.
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from .common import open_mirror
-from .options import DbOpt, FormatOpt
+from .options import DbOpt, Dtype, DtypeOpt, FormatOpt
 from .output import Format, hint, rows_out
 
 weights_app = typer.Typer(
@@ -26,17 +25,12 @@ weights_app = typer.Typer(
 )
 
 
-class WeightsDtype(str, enum.Enum):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-
-
 LIST_COLUMNS = [
     "source_id", "loader", "d_sae", "d_in", "dtype", "architecture", "release", "sae_id",
     "nan_rows", "zero_rows", "sha256", "source_path", "decoder_path", "attached_at",
 ]
-TABLE_COLUMNS = ["source_id", "loader", "d_sae", "d_in", "dtype", "architecture", "nan_rows", "zero_rows", "sha256", "from"]
+#: The terminal view: what fits in 100 columns readably (bad_rows = NaN + all-zero rows).
+TABLE_COLUMNS = ["source_id", "d_sae", "d_in", "dtype", "bad_rows", "sha256", "from"]
 
 
 @weights_app.command("add")
@@ -47,7 +41,7 @@ def add(
     transpose: Annotated[bool, typer.Option("--transpose", help="The tensor is stored d_in x d_sae.")] = False,
     release: Annotated[Optional[str], typer.Option("--release", help="sae_lens release (with --sae-id), instead of looking the id up.", show_default=False)] = None,
     sae_id: Annotated[Optional[str], typer.Option("--sae-id", help="sae_lens SAE id within --release.", show_default=False)] = None,
-    dtype: Annotated[WeightsDtype, typer.Option("--dtype", help="Dtype to keep the decoder in.")] = WeightsDtype.float32,
+    dtype: DtypeOpt = Dtype.float32,
     db: DbOpt = None,
 ) -> None:
     """Load a source's decoder, check it against the mirror, keep a copy and record it.
@@ -78,6 +72,6 @@ def list_(db: DbOpt = None, fmt: FormatOpt = Format.table) -> None:
     if not rows:
         hint("np-mirror: no weights attached; try `np-mirror weights add gpt2-small/0-res-jb --path SAE_DIR`")
     for r in rows:  # a narrower view for the terminal; csv/json carry every column
-        r["sha256"] = (r["sha256"] or "")[:12]
+        r["bad_rows"] = r["nan_rows"] + r["zero_rows"]
         r["from"] = f"{r['release']}/{r['sae_id']}" if r["loader"] == "registry" else r["source_path"]
     rows_out(rows, fmt, TABLE_COLUMNS)

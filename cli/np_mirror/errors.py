@@ -1,7 +1,8 @@
 """One place that turns exceptions into one-line messages and exit codes.
 
-Exit codes: 0 ok; 1 done with failures, the service or the system failed us, or a bug;
-2 bad input, nothing done.
+Exit codes: 0 ok; 1 the work failed (network, server, a busy mirror, a taken port, a bug);
+2 the request itself is wrong (bad id, unknown source, an index beyond the source, an unusable
+path or device, a bad option), nothing done; 130 interrupted (Ctrl-C).
 
     what was raised                                         code  the one line on stderr
     InvalidIdError (UnknownSourceError)                     2     invalid id: / unknown source:
@@ -12,11 +13,14 @@ Exit codes: 0 ok; 1 done with failures, the service or the system failed us, or 
     any other click usage error (unknown option, missing
         argument, unknown command)                          2     usage: message (see `np-mirror CMD --help`)
     no arguments to a group                                 2     (its help, as click prints it)
-    Ctrl-C                                                  130   interrupted
+    Ctrl-C                                                  130   interrupted (sync: kept N features; rerun to resume)
     QueryError, NotAMirrorError, MirrorNotFound             2     SQL error: / not a mirror: / mirror error:
+    NPTransportError (a weights hub that cannot be reached
+        included)                                           1     network error:
     WeightsError, ExportError                               2     weights: / export:
-    MirrorBusyError, StoreError                             1     mirror busy: / mirror error:
-    APIStatusError, NPTransportError, any other NPError     1     API error: / network error: / error:
+    MirrorBusyError, StoreError                             1     mirror busy: ... (--wait SECONDS waits longer) /
+                                                                  mirror error:
+    APIStatusError, any other NPError                       1     API error: / error:
     OSError (disk full, permission denied, ...)             1     system error: Type: message
     anything else (a bare ValueError, KeyError, numpy...)   1     unexpected error: Type: message (rerun with
                                                                   --debug for the traceback, and please report it)
@@ -71,10 +75,11 @@ CLI_ERROR_MAPPINGS: list[tuple[type[BaseException], int, str]] = [
     (MirrorNotFound, EXIT_BAD_INPUT, "mirror error"),
     (MirrorBusyError, EXIT_FAILURES, "mirror busy"),
     (StoreError, EXIT_FAILURES, "mirror error"),
+    # before WeightsError: a hub that cannot be reached is the network's failure, not bad input
+    (NPTransportError, EXIT_FAILURES, "network error"),
     (WeightsError, EXIT_BAD_INPUT, "weights"),
     (ExportError, EXIT_BAD_INPUT, "export"),
     (APIStatusError, EXIT_FAILURES, "API error"),
-    (NPTransportError, EXIT_FAILURES, "network error"),
     (NPError, EXIT_FAILURES, "error"),
 ]
 
@@ -82,7 +87,11 @@ CLI_ERROR_MAPPINGS: list[tuple[type[BaseException], int, str]] = [
 #: hint, its flag in place of `{flag}`.
 CLI_HINTS: list[tuple[type[BaseException], str, str]] = [
     (MirrorNotFound, "db", "{flag} FILE names another mirror"),
+    (MirrorBusyError, "wait", "`np-mirror {flag} SECONDS ...` waits longer"),
 ]
+
+#: Options of `np-mirror` itself (app.py's callback), known to every command's lines.
+GLOBAL_FLAGS = {"wait": "--wait"}
 
 UNEXPECTED_HINT = "rerun with --debug for the traceback, and please report it"
 
@@ -102,7 +111,12 @@ class _Run:
 def begin(*, debug: bool = False) -> None:
     """Start of one `main()`: forget the previous command (tests run many in one process)."""
     _Run.debug = debug
-    _Run.flags = {}
+    _Run.flags = dict(GLOBAL_FLAGS)
+
+
+class Interrupted(Exception):
+    """Ctrl-C inside a command, passed on as this (not KeyboardInterrupt) so click does not
+    print its blank line first; `handle` answers it with exit 130 and one line."""
 
 
 def set_debug(on: bool = True) -> None:
@@ -194,6 +208,8 @@ def classify(exc: BaseException) -> tuple[int, Optional[str]]:
         return exc.exit_code, None
     if isinstance(exc, _UsageError):  # typer.BadParameter included
         return exc.exit_code, _usage_line(exc)
+    if isinstance(exc, Interrupted):
+        return EXIT_INTERRUPTED, "np-mirror: interrupted"
     if isinstance(exc, typer.Abort):
         if isinstance(exc.__context__, KeyboardInterrupt):
             return EXIT_INTERRUPTED, "np-mirror: interrupted"

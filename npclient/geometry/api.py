@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import numpy as np
 import pyarrow as pa
 
-from ..errors import InvalidOptionError, QueryError, WeightsError
+from ..errors import FeatureOutOfRange, InvalidOptionError, WeightsError
 from ..ids import FeatureId, FeatureIdLike, SourceId
 
 if TYPE_CHECKING:
@@ -46,25 +46,47 @@ def _numbered(columns: dict[str, Any]) -> pa.Table:
     return pa.table({"rowid_": pa.array(np.arange(n, dtype=np.int64)), **columns})
 
 
+def feature_count(mirror: "Mirror", sid: SourceId) -> Optional[int]:
+    """How many features `sid` has: the count the mirror learned, else the attached decoder's rows."""
+    count = mirror.store.feature_count(sid)
+    if count:
+        return int(count)
+    record = mirror.store.weights(sid)
+    return int(record.d_sae) if record is not None else None
+
+
+def _beyond(indices: Sequence[int], sid: SourceId, count: int) -> str:
+    shown = ", ".join(str(i) for i in indices[:5]) + (", ..." if len(indices) > 5 else "")
+    return f"{shown} {'is' if len(indices) == 1 else 'are'} beyond {sid}, which has {count:,} features (0..{count - 1})"
+
+
+def check_indices(mirror: "Mirror", sid: SourceId, indices: Sequence[int], option: Optional[str] = None) -> None:
+    """Refuse indices outside the source (FeatureOutOfRange) before any work is done, where its
+    size is known (else the decoder's own check applies when it loads)."""
+    count = feature_count(mirror, sid)
+    bad = [int(i) for i in indices if int(i) < 0 or (count is not None and int(i) >= count)]
+    if bad:
+        what = _beyond(bad, sid, count) if count is not None else f"{', '.join(map(str, bad[:5]))}: a negative index"
+        raise FeatureOutOfRange(f"{option or ('feature' if len(bad) == 1 else 'features')} {what}", option=option)
+
+
 def select_features(mirror: "Mirror", source: SourceLike, *, features: Optional[Sequence[int]] = None,
                     where: Optional[str] = None) -> np.ndarray:
-    """Feature indices by list or by a SQL condition on the `features` table (e.g. `top_explanation ILIKE '%day%'`)."""
+    """Feature indices by list or by a SQL condition on the `features` table (e.g. `top_explanation ILIKE '%day%'`).
+
+    Listed indices beyond the source are refused here (`FeatureOutOfRange`), before any work."""
     sid = _sid(source)
     if features is not None and where is not None:
         raise InvalidOptionError("choose the features by a list (features) or by a condition (where), not both",
                                  option="where")
     if features is not None:
-        return np.asarray(sorted(set(int(i) for i in features)), dtype=np.int64)
+        chosen = sorted(set(int(i) for i in features))
+        check_indices(mirror, sid, chosen, option="features")
+        return np.asarray(chosen, dtype=np.int64)
     if where is None:
         raise InvalidOptionError("choose the features: a list of indices (features), or a SQL condition on the "
                                  "features table (where), e.g. \"top_explanation ILIKE '%day%'\"", option="features")
-    try:
-        table = mirror.sql(
-            f'SELECT "index" FROM features WHERE model_id = ? AND source = ? AND ({where}) ORDER BY "index"',
-            [sid.model_id, sid.source],
-        )
-    except QueryError as exc:
-        raise QueryError(f"the condition {where!r}: {exc}") from None
+    table = mirror.features(sid, ["index"], where=where)  # one read-only SELECT: a condition never writes
     return np.asarray(table.column("index").to_pylist(), dtype=np.int64)
 
 
@@ -79,6 +101,7 @@ def neighbors(mirror: "Mirror", feature: FeatureIdLike, k: int = 10, *, against:
 
     fid = FeatureId.coerce(feature)
     sid = fid.source_id
+    check_indices(mirror, sid, [fid.index])  # an index beyond the source: refused, not an empty table
     target = _sid(against) if against is not None else sid
     if target == sid and mirror.store.stored_neighbors_k(sid) >= k:
         table = mirror.sql(
@@ -89,7 +112,7 @@ def neighbors(mirror: "Mirror", feature: FeatureIdLike, k: int = 10, *, against:
         return with_explanations(mirror, target, _numbered({c: table.column(c) for c in table.column_names}))
     W = _decoder(mirror, sid, device)
     if not 0 <= fid.index < W.shape[0]:
-        raise WeightsError(f"{fid}: index outside the attached decoder's {W.shape[0]} rows")
+        raise FeatureOutOfRange(f"{fid}: index outside the attached decoder's {W.shape[0]:,} rows (0..{W.shape[0] - 1})")
     if target == sid:  # self first, exactly as the stored all-pairs table and topkCosSim lay it out
         found = feature_topk(W, [fid.index], k, device=device)
     else:
@@ -111,6 +134,21 @@ def all_pairs(mirror: "Mirror", source: SourceLike, k: int = 25, *, device: Any 
     W = _decoder(mirror, sid, device)
     found = all_pairs_topk(W, k, device=device, dtype=dtype, progress=progress)
     return mirror.store.save_neighbors(sid, found.values.numpy(), found.indices.numpy())
+
+
+def stored_neighbors(mirror: "Mirror", source: SourceLike, *, limit: Optional[int] = None) -> pa.Table:
+    """The stored all-pairs neighbours of `source` (self left out), each with both explanations,
+    by feature then rank; `limit` rows at most."""
+    sid = _sid(source)
+    table = mirror.sql(
+        f"""SELECT "index", rank, neighbor_index, cosine FROM neighbors
+           WHERE model_id = ? AND source = ? AND neighbor_index <> "index" ORDER BY "index", rank
+           {'LIMIT ' + str(int(limit)) if limit else ''}""",
+        [sid.model_id, sid.source],
+    )
+    table = with_explanations(mirror, sid, _numbered({c: table.column(c) for c in table.column_names}))
+    return with_explanations(mirror, sid, _numbered({c: table.column(c) for c in table.column_names}),
+                             column="neighbor_index", name="neighbor_explanation")
 
 
 def match(mirror: "Mirror", source_a: SourceLike, source_b: SourceLike, k: int = 1, *, device: Any = None,
@@ -185,6 +223,8 @@ def umap(mirror: "Mirror", source: SourceLike, *, features: Optional[np.ndarray]
     from .subspace import umap_embed
 
     sid = _sid(source)
+    if features is not None:
+        check_indices(mirror, sid, list(features), option="features")
     W = _decoder(mirror, sid).float().numpy()
     feats = np.arange(W.shape[0]) if features is None else np.asarray(features, dtype=np.int64)
     coords = np.asarray(umap_embed(W, k=k, seed=seed, features=None if features is None else feats, progress=progress))

@@ -21,6 +21,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from .. import wire
+from ..tokens import visible_token
 from .reader import _INT_RE, MirrorReader, _stored_index, _valid_source
 
 __all__ = ["page_routes", "render_error", "visible_token", "TEMPLATES"]
@@ -28,27 +29,6 @@ __all__ = ["page_routes", "render_error", "visible_token", "TEMPLATES"]
 TEMPLATES = Path(__file__).parent / "templates"
 SOURCE_PAGE = 100
 _ENV = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(default=True, default_for_string=True))
-
-# Control characters made visible: newline, tab and return by the usual arrows, the rest as
-# Unicode control pictures (U+2400 block).
-_VISIBLE = {0x0A: "\u21b5", 0x09: "\u2192", 0x0D: "\u240d", 0x7F: "\u2421"}
-
-
-def visible_token(token: Any) -> str:
-    text = "" if token is None else str(token)
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if code in _VISIBLE:
-            out.append(_VISIBLE[code])
-        elif code < 0x20:
-            out.append(chr(0x2400 + code))
-        elif 0x80 <= code < 0xA0 or ch in "\u200b\u200c\u200d\u2028\u2029\ufeff":
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
 
 def _finite(value: Any) -> bool:
     """A number that can be drawn (stored exports may hold NaN and infinities)."""

@@ -34,7 +34,6 @@ from .shapes import (
 
 __all__ = ["MirrorReader"]
 
-_MAX_QUERY_WORDS = 16
 _MAX_ID = 512  # longer model/source names are unknown without asking the database
 _INT_RE = re.compile(r"[0-9]+")  # an index as the pages accept it
 
@@ -342,53 +341,25 @@ class MirrorReader:
         Candidates: descriptions containing any query word (`ILIKE`), or matching the query as
         a case-insensitive regular expression (`regexp_matches`, RE2: no catastrophic
         backtracking) with `regex`. Ranking: cosine of the word sets (as the emulator ranks),
-        plus 1 when the whole query appears verbatim; ties by layer order, then index. Each
+        plus 1 when the whole query appears verbatim; ties by layer order, then index: the one
+        ranking of `npclient.store.search`, shared with `Mirror.search`. Each
         result carries its feature as `neuron` (the POST /api/features item with 3 top
         activations), as Neuronpedia's search does, unless `neurons` is false.
         """
-        q = wire.words(query)
-        layer_order: dict[str, int] = {}
-        for n, layer in enumerate(layers):
-            layer_order.setdefault(layer, n)
-        layer_marks = ", ".join("?" for _ in layer_order)
-        base = ("SELECT source, \"index\", rank, description, type_name, explanation_model_name "
-                "FROM explanations WHERE model_id = ? AND source IN (" + layer_marks + ") AND ")
-        params: list[Any] = [_db_text(model_id), *(_db_text(x) for x in layer_order)]
-        if regex:
-            rows = self.rows(base + "regexp_matches(description, ?, 'i')", [*params, _db_text(query)])
-        else:
-            terms = sorted(q)[:_MAX_QUERY_WORDS]
-            if not terms:
-                rows = []
-            else:
-                cond = " OR ".join("description ILIKE ? ESCAPE '\\'" for _ in terms)
-                rows = self.rows(base + "(" + cond + ")", [*params, *(_like_pattern(t) for t in terms)])
-        phrase = query.strip().lower()
-        hits: list[tuple[float, int, int, int, dict[str, Any]]] = []
-        for r in rows:
-            desc = r["description"] or ""
-            ws = wire.words(desc)
-            common = len(q & ws)
-            score = common / float(np.sqrt(len(q) * len(ws))) if common else 0.0
-            if phrase and phrase in desc.lower():
-                score += 1.0
-            if score <= 0 and not regex:
-                continue
-            hits.append((-score, layer_order.get(r["source"], 0), r["index"], r["rank"], r))
-        hits.sort(key=lambda h: h[:4])
+        hits = self.mirror.store.search_explanations(query, model_id=model_id, sources=layers, regex=regex)
         results = []
-        for neg, _, _, _, r in hits[offset: offset + wire.SEARCH_PAGE]:
+        for hit in hits[offset: offset + wire.SEARCH_PAGE]:
             result: dict[str, Any] = {
                 "modelId": model_id,
-                "layer": r["source"],
-                "index": str(r["index"]),
-                "description": r["description"],
-                "explanationModelName": r["explanation_model_name"],
-                "typeName": r["type_name"],
-                "cosine_similarity": round(-neg, 6),
+                "layer": hit.source,
+                "index": str(hit.index),
+                "description": hit.description,
+                "explanationModelName": hit.explanation_model_name,
+                "typeName": hit.type_name,
+                "cosine_similarity": round(hit.score, 6),
             }
             if neurons:
-                neuron = self.features_post_item(model_id, r["source"], r["index"], 3)
+                neuron = self.features_post_item(model_id, hit.source, hit.index, 3)
                 if neuron is not None:  # Neuronpedia leaves the key out when the feature is missing
                     result["neuron"] = neuron
             results.append(result)
@@ -417,10 +388,6 @@ def _db_text(text: str) -> str:
         return text
     except UnicodeEncodeError:
         return text.encode("utf-8", "replace").decode("utf-8")
-
-
-def _like_pattern(word: str) -> str:
-    return "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def _stored_index(text: str) -> Optional[int]:

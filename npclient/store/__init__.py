@@ -9,6 +9,8 @@
     weights.py   records of attached decoders
     results.py   geometry results (neighbors, matches, coordinates, clusters, head features)
     parquet.py   the mirror as a hive-partitioned Parquet dataset
+    reads.py     a stored feature read back; the Arrow tables Mirror hands out (read-only queries)
+    search.py    keyword search over explanations: the one ranking of Mirror.search and serve
     rawblob.py   a feature's raw body, compressed into chunks
 
 `Store` gathers what the rest of the package may do with a mirror file, so geometry, serve and
@@ -21,7 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from . import catalog, parquet, reads, results, weights
+import pyarrow as pa
+
+from . import catalog, parquet, reads, results, search, weights
 from .database import Database
 from .schema import SCHEMA_VERSION
 from .writer import PARTS, FailureRow, FeatureRow, feature_key, write_batch
@@ -53,6 +57,32 @@ class Store:
     def export_feature(self, key: str) -> Optional[dict[str, Any]]:
         """An imported feature rebuilt from its export record and typed rows."""
         return reads.export_feature(self.db, key)
+
+    def read_query(self, query: str, params: Sequence[Any] = ()) -> pa.Table:
+        """One read-only SELECT (refused before it runs if it is anything else) as Arrow."""
+        return reads.read_query(self.db, query, params)
+
+    def activations(self, key: str, top: Optional[int] = None) -> pa.Table:
+        """A feature's activation rows, top-first (rank 0 = largest max_value), as Arrow."""
+        return reads.activations(self.db, key, top)
+
+    def explanations(self, key: str) -> pa.Table:
+        """A feature's explanation rows in rank order (row 0 = its top explanation), as Arrow."""
+        return reads.explanations(self.db, key)
+
+    def features(self, sid: Any, columns: Optional[Sequence[str]] = None, where: Optional[str] = None,
+                 params: Sequence[Any] = ()) -> pa.Table:
+        """The features of `sid` in index order, optionally filtered by a read-only SQL condition."""
+        return reads.features(self.db, sid, columns, where, params)
+
+    def stored_neighbors(self, sid: Any, key: str, k: int) -> Optional[pa.Table]:
+        """The first k of a feature's stored topkCosSim neighbours with explanations (None: no list)."""
+        return reads.stored_neighbors(self.db, sid, key, k)
+
+    def search_explanations(self, query: str, *, model_id: Optional[str] = None,
+                            sources: Optional[Sequence[str]] = None, regex: bool = False) -> list[search.ExplanationHit]:
+        """Every explanation matching `query`, best first (`store/search.py`: the one ranking)."""
+        return search.rank_explanations(self.db, query, model_id=model_id, sources=sources, regex=regex)
 
     def with_explanations(self, sid: Any, table: Any, column: str, name: str) -> Any:
         """Arrow `table` (ordered by its `rowid_`) plus the top explanation of the feature whose

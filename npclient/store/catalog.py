@@ -90,34 +90,39 @@ def permanent_failures(db: Database, sid: SourceId, start: int, stop: int) -> se
 STATUS_SQL = """
 WITH f AS (
     SELECT model_id, source, count(*) AS present, sum(n_activations) AS activations,
-           sum(n_explanations) AS explanations, count(*) FILTER (WHERE n_explanations > 0) AS explained,
            count(*) FILTER (WHERE origin = 'get') AS scored,
            count(*) FILTER (WHERE origin = 'export' AND umap_x IS NULL) AS no_umap,
            max(fetched_at) AS last_fetched,
            string_agg(DISTINCT origin, ',' ORDER BY origin) AS origins
     FROM features GROUP BY ALL
+), e AS (
+    -- from the explanations themselves, not features.n_explanations: a feature re-fetched
+    -- without `explanations` in --parts keeps its stored explanations but records no count
+    SELECT model_id, source, count(*) AS explanations, count(DISTINCT feature_key) AS explained
+    FROM explanations GROUP BY ALL
 ), fl AS (
     SELECT model_id, source, count(*) AS failed FROM failures GROUP BY ALL
 ), keys AS (
     SELECT model_id, source FROM sources UNION SELECT model_id, source FROM f UNION SELECT model_id, source FROM fl
 )
 SELECT k.model_id || '/' || k.source AS source, coalesce(f.present, 0) AS present, s.feature_count AS total,
-       coalesce(f.activations, 0) AS activations, coalesce(f.explanations, 0) AS explanations,
-       coalesce(f.explained, 0) AS explained, coalesce(f.scored, 0) AS scored,
+       coalesce(f.activations, 0) AS activations, coalesce(e.explanations, 0) AS explanations,
+       coalesce(e.explained, 0) AS explained, coalesce(f.scored, 0) AS scored,
        coalesce(fl.failed, 0) AS failed, f.origins AS origins, f.last_fetched AS last_fetched,
        concat_ws(', ', CASE WHEN f.scored < f.present THEN 'scores' END,
                        CASE WHEN f.no_umap > 0 THEN 'umap' END) AS thin
 FROM keys k
 LEFT JOIN sources s USING (model_id, source)
 LEFT JOIN f USING (model_id, source)
+LEFT JOIN e USING (model_id, source)
 LEFT JOIN fl USING (model_id, source)
 ORDER BY k.model_id, try_cast(split_part(k.source, '-', 1) AS INTEGER), k.source
 """
 
 
 def status_rows(db: Database) -> list[dict[str, Any]]:
-    """Per source: `present`/`total` features, activation and explanation rows, `explained`
-    (features with at least one explanation), `scored` (features whose explanations carry
+    """Per source: `present`/`total` features, `activations` and `explanations` (rows),
+    `explained` (distinct features with at least one stored explanation), `scored` (features whose explanations carry
     scores and Neuronpedia's order: fetched by GET), `failed`, and `thin`: the columns some
     present features lack because of where they came from ("scores": imported from an export
     or fetched by POST, see `sync --scores`; "umap": imported features without coordinates)."""

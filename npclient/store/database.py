@@ -12,7 +12,9 @@ finds the file locked waits with backoff, says once that it is waiting, and give
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,13 +23,25 @@ from typing import Optional
 
 import duckdb
 
-from ..errors import MirrorBusyError, MirrorNotFound, NotAMirrorError, StoreError
+from ..errors import InvalidPathError, MirrorBusyError, MirrorNotFound, NotAMirrorError, StoreError
 from ..paths import default_db_path
 from . import schema
 
 __all__ = ["Database"]
 
 _DUCKDB_MAGIC = b"DUCK"
+#: DuckDB's lock error names the holder: "Conflicting lock is held in /usr/bin/python3.11 (PID 4242) by user ..."
+_HOLDER = re.compile(r"held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
+#: What DuckDB (or the OS) says when the file or its folder cannot be written.
+_READ_ONLY_SIGNS = ("permission denied", "read-only file system", "read only file system")
+
+
+def lock_holder(message: str) -> str:
+    """`PID 4242 (python3.11)` from DuckDB's lock error, or `another process` when it names none."""
+    found = _HOLDER.search(message)
+    if found is None:
+        return "another process"
+    return f"PID {found['pid']} ({os.path.basename(found['program'].strip())})"
 
 
 class Database:
@@ -71,10 +85,29 @@ class Database:
             raise NotAMirrorError(f"{self.path} is not a DuckDB database (left untouched)")
         return True
 
+    def _read_only_error(self, why: str) -> InvalidPathError:
+        return InvalidPathError(
+            f"the mirror {self.path} is read-only ({why}); writing needs write access to the file and its "
+            "folder: copy it somewhere writable, or open it read-only (as the reading commands do)"
+        )
+
+    def _check_writable(self, existed: bool) -> None:
+        """A writer refuses a mirror it cannot write, before DuckDB says something misleading."""
+        folder = self.path.parent
+        if existed and not os.access(self.path, os.W_OK):
+            raise self._read_only_error("no write permission on the file, or a read-only file system")
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            raise self._read_only_error(f"its folder {folder} is not writable, and DuckDB writes its log there")
+
     def _open(self) -> duckdb.DuckDBPyConnection:
         existed = self._check_file()
+        if not self.read_only:
+            self._check_writable(existed)
         if not existed:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise InvalidPathError(f"cannot create a mirror at {self.path}: {exc.strerror or exc}") from None
         deadline = time.monotonic() + self.wait_s
         delay = 0.02
         told = False
@@ -90,13 +123,16 @@ class Database:
                         "use one Mirror per file in a process"
                     ) from None
                 if "lock" not in text.lower():
+                    if not self.read_only and any(sign in text.lower() for sign in _READ_ONLY_SIGNS):
+                        raise self._read_only_error(text.splitlines()[0]) from None
                     raise NotAMirrorError(f"{self.path} cannot be opened as a mirror: {text.splitlines()[0]}") from None
+                holder = lock_holder(text)
                 if time.monotonic() >= deadline:
                     raise MirrorBusyError(
-                        f"{self.path} stayed locked by another process for {self.wait_s:.0f} s"
+                        f"{self.path} stayed locked by {holder} for {self.wait_s:g} s; let it finish or stop it"
                     ) from None
                 if not told and self.on_wait is not None:
-                    self.on_wait(f"waiting for another process to release {self.path} ...")
+                    self.on_wait(f"waiting up to {self.wait_s:g} s for {holder} to release {self.path} ...")
                     told = True
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 1.0)

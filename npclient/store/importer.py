@@ -250,6 +250,12 @@ def import_source_dir(
     return report
 
 
+def imported_files(db: Database, sid: SourceId) -> dict[str, tuple[int, Optional[str]]]:
+    """The source's export files imported whole: key -> (size, etag) as imported. A sync need
+    not download these again (their rows are in the mirror), even after `cache prune`."""
+    return _imported_files(db, sid)[0]
+
+
 def _imported_files(db: Database, sid: SourceId) -> tuple[dict[str, tuple[int, Optional[str]]], set[str]]:
     """Files imported whole (with their size and etag), and every file ever recorded."""
     with db.connect() as cur:

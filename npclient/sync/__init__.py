@@ -97,6 +97,7 @@ async def run_sync(
 
 
 def _start_run(db: Database, targets: Sequence[Target], options: SyncOptions) -> int:
+    runs.mark_interrupted(db)  # rows left `running` by killed syncs of this host (live ones stay)
     return runs.start_run(db, " ".join(str(t) for t in targets), asdict(options))
 
 

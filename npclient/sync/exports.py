@@ -56,7 +56,7 @@ from ..ids import SourceId
 from ..models import SourceInfo
 from ..store import catalog
 from ..store.database import Database
-from ..store.importer import ImportReport, import_source_dir, record_failed_download
+from ..store.importer import ImportReport, import_source_dir, imported_files, record_failed_download
 from .summary import SourceSummary
 
 if TYPE_CHECKING:
@@ -386,7 +386,11 @@ async def sync_source_export(
     if plan.use != "exports":
         return outcome
     before = len(catalog.present_indices(db, sid, start, stop))
-    outcome.download = await download(bucket, plan.objects(), root)
+    # A batch already imported whole, with the size and ETag listed now, has its rows in the
+    # mirror: not downloaded again (the importer would skip it anyway), also after `cache prune`.
+    done = imported_files(db, sid)
+    fetch = [o for o in plan.objects() if "/batch-" not in o.key or done.get(o.key) != (o.size, o.etag)]
+    outcome.download = await download(bucket, fetch, root)
     outcome.failed_files.update(outcome.download.failed)
     sizes = {o.key: o for o in objects}
     for key, reason in outcome.download.failed.items():
@@ -394,7 +398,7 @@ async def sync_source_export(
             record_failed_download(db, sid, key, sizes[key].size, sizes[key].etag, reason)
     folder = root / source_prefix(sid)
     etags = {o.key: o.etag for o in objects}
-    batch_files = [local_path(root, o.key) for o in plan.objects() if "/batch-" in o.key and o.key not in outcome.download.failed]
+    batch_files = [local_path(root, o.key) for o in fetch if "/batch-" in o.key and o.key not in outcome.download.failed]
     outcome.imported = import_source_dir(
         db, folder, sid, etags=etags, run_id=run_id, parts=parts, files=batch_files,
         index_range=(start, stop) if ranged else None,

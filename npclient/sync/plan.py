@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Optional, Union
 
-from ..errors import APIStatusError, InvalidOptionError, UnknownSourceError
+from ..errors import APIStatusError, FeatureOutOfRange, InvalidOptionError, UnknownSourceError
 from ..http.client import NeuronpediaClient
 from ..ids import SourceId, SourceSetId
 from ..metacache import MetaCache
@@ -141,10 +141,12 @@ async def plan_sync(
                 sset = await _source_set(client, meta, set_id, options.refresh)
             except APIStatusError as exc:
                 if not (isinstance(target, SourceId) and options.range):
-                    raise UnknownSourceError(f"cannot list {set_id} on {client.base_url}: {exc}") from None
+                    raise UnknownSourceError(f"cannot look {target} up on {client.base_url}: {exc}") from None
             else:
-                if sset is None:
-                    raise UnknownSourceError(f"{set_id} is not a source set on {client.base_url}")
+                if sset is None:  # name what was typed: a source's set is our inference, not the user's words
+                    kind = "source set" if isinstance(target, SourceSetId) else "source"
+                    raise UnknownSourceError(f"{target} is not a {kind} on {client.base_url}; "
+                                             f"`np-mirror sources {target.model_id}` lists what is")
         infos = {s.id: s for s in (sset.sources if sset else [])}
         if isinstance(target, SourceSetId):
             if not infos:
@@ -156,12 +158,21 @@ async def plan_sync(
                     f"{target} is not a source of {set_id} (it has: {', '.join(sorted(infos, key=_layer_order)[:8])})"
                 )
             members = [target]
+        planned = []
         for sid in members:
             if sid in seen:
                 continue
             seen.add(sid)
-            plans.append(await _plan_source(sid, infos.get(sid.source), sset, db=db, options=options,
-                                            exports=exports, exports_cache=exports_cache))
+            planned.append(await _plan_source(sid, infos.get(sid.source), sset, db=db, options=options,
+                                              exports=exports, exports_cache=exports_cache))
+        if options.range is not None and planned and all(p.start >= p.stop for p in planned):
+            start, stop = options.range
+            sizes = sorted({p.feature_count for p in planned if p.feature_count})
+            size = f"{sizes[0]:,}" if len(sizes) == 1 else "at most " + f"{sizes[-1]:,}"
+            raise FeatureOutOfRange(
+                f"range {start}:{stop} starts beyond {target}, which has {size} features; "
+                f"use a range within 0:{sizes[-1]}", option="range")
+        plans.extend(planned)
     return plans
 
 
@@ -182,7 +193,7 @@ async def _plan_source(
     if options.range is not None:
         start, stop = options.range
         if count is not None:
-            stop = min(stop, count)
+            stop = max(start, min(stop, count))  # a range beyond the source plans nothing (refused above)
         if count is None:
             origin = FROM_RANGE
     elif count:

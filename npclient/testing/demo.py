@@ -8,8 +8,9 @@ the tree, a head's null space). Nothing leaves the machine.
 
 `run_demo` writes nothing to the terminal itself: the caller passes the output callbacks (the
 CLI passes its own `hint`, tables, feature view and progress display). Its temporary files (the
-bucket, the download cache, the SAE folder) are deleted when it ends, also on an error; the
-mirror and the figures stay where `db` and `figures` say.
+bucket, the download cache, the SAE folder) live in folders of their own under `scratch`
+(default: the system's temporary folder, `$TMPDIR`) and are deleted when it ends, also on an
+error or Ctrl-C; the mirror and the figures stay where `db` and `figures` say.
 """
 
 from __future__ import annotations
@@ -53,10 +54,12 @@ def run_demo(
     table: Optional[Table] = None,
     show_feature: Optional[Callable[[Any], None]] = None,
     display: Optional[DisplayFactory] = None,
+    scratch_root: Optional[Path] = None,
 ) -> None:
     """Run the demo: `db` is the mirror it builds (default `$NP_MIRROR_HOME/demo.duckdb`),
     `figures` where the plots go (default `$NP_MIRROR_HOME/demo-figures`), `fault_rate` the
-    failures the emulator injects while the demo syncs.
+    failures the emulator injects while the demo syncs, `scratch_root` where its temporary
+    folders go (default `$TMPDIR`; each is deleted at the end, whatever happens).
 
     Output goes through the callbacks: `say(line)` for each step, `table(rows, columns)` for
     tables (columns None: all), `show_feature(feature)` for the feature shown, and `display()`
@@ -89,8 +92,8 @@ def run_demo(
     target = SourceSetId("gpt2-small", "res-jb")
     scratch: list[Path] = []
     try:
-        bucket_root = _scratch(scratch, "np-demo-bucket-")
-        cache = _scratch(scratch, "np-demo-exports-")
+        bucket_root = _scratch(scratch, "np-demo-bucket-", scratch_root)
+        cache = _scratch(scratch, "np-demo-exports-", scratch_root)
         with EmulatorServer(config) as server, Mirror(path, linger_s=0) as mirror:
             write_export(server.state, bucket_root, quirks=ExportQuirks(batch_size=256))
             # One activations batch arrives truncated, one explanations batch is missing: the API fills the gap.
@@ -120,7 +123,7 @@ def run_demo(
                 s3.stop()
             say(f"   first run {first.requests} requests, rerun {second.requests} requests")
             say("4. np-mirror status")
-            table(mirror.status(), ["source", "present", "total", "activations", "explanations", "failed", "origins"])
+            table(mirror.status(), ["source", "present", "total", "explained", "explanations", "failed", "origins"])
             monday = mirror.sql(
                 "SELECT feature_key FROM features WHERE top_explanation = 'Monday' ORDER BY feature_key LIMIT 1"
             ).column("feature_key").to_pylist()
@@ -137,16 +140,17 @@ def run_demo(
                 ).to_pylist(),
                 None,
             )
-            _geometry_tour(mirror, server.state, figures, _scratch(scratch, "np-demo-sae-"), say, table)
+            _geometry_tour(mirror, server.state, figures, _scratch(scratch, "np-demo-sae-", scratch_root), say, table)
             say(f"Done. The mirror is at {path}; query it with `np-mirror sql --db {path} \"...\"`.")
     finally:
         for folder in scratch:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _scratch(made: list[Path], prefix: str) -> Path:
-    """A new temporary folder, remembered in `made` so that the demo deletes it at the end."""
-    folder = Path(tempfile.mkdtemp(prefix=prefix))
+def _scratch(made: list[Path], prefix: str, root: Optional[Path] = None) -> Path:
+    """A new temporary folder (under `root`, default `$TMPDIR`), remembered in `made` so that
+    the demo deletes it at the end."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
     made.append(folder)
     return folder
 

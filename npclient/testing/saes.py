@@ -48,6 +48,7 @@ __all__ = [
     "min_d_sae",
     "can_plant",
     "make_emulator_sae",
+    "write_emulator_sae",
 ]
 
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -480,6 +481,25 @@ def make_emulator_sae(
         neuronpedia_id=neuronpedia_id or f"{model_id}/{source_id}", model_name=model_id,
         hook_name=getattr(spec, "hook", None), dtype=dtype,
     )
+
+
+def write_emulator_sae(folder: str | Path, state, model_id: str, source_id: str, *, dtype: str = "float32") -> Path:
+    """Write one sae_lens folder holding the decoder an `EmulatorState` serves for a source.
+
+    Row i of `W_dec` is the emulator's feature i (the planted SAE of `make_emulator_sae`, without
+    the wide SAE, which no emulator source serves); the toy head sits beside it as
+    `attention_head.safetensors`. What `np-mirror emulator --write-sae` writes. Returns `folder`.
+    """
+    spec = state.source(model_id, source_id)
+    if spec is None or spec.kind != "sae":
+        raise KeyError(f"{model_id}/{source_id} is not an SAE source of this emulator")
+    if not can_plant(spec.d_sae, spec.d_in):
+        raise ValueError(f"{model_id}/{source_id} is too small for a planted SAE (d_sae >= {min_d_sae()}, d_in >= 24)")
+    planted = plant(spec.d_sae, spec.d_in, state.decoder_seed(model_id, source_id))
+    path = write_sae_folder(folder, planted.W_dec, neuronpedia_id=f"{model_id}/{source_id}", model_name=model_id,
+                            hook_name=getattr(spec, "hook", None), dtype=dtype)
+    write_head(path / HEAD_FILENAME, planted.head)
+    return path
 
 
 def write_hf_cache(

@@ -215,6 +215,10 @@ def attach(
         name, load = getattr(loader, "__name__", "custom"), loader
 
     feature_count = stored_feature_count(db, sid)  # before loading: a bad --db fails fast
+    if name == "registry" and release and sae_id:
+        from .hub import require_hub_or_cache
+
+        require_hub_or_cache(release, sae_id)  # not cached and offline: one line now, before sae_lens loads
     loaded = load(request)
     loaded.release = loaded.release or release
     loaded.sae_id = loaded.sae_id or sae_id

@@ -339,7 +339,9 @@ def load_registry(request: LoadRequest) -> LoadedDecoder:
         text = _first_line(exc)
         kind = type(exc).__name__
         if kind in ("LocalEntryNotFoundError", "OfflineModeIsEnabled") or "offline" in text.lower():
-            raise WeightsError(
+            from ..errors import HubUnreachable
+
+            raise HubUnreachable(
                 f"{request.release}/{request.sae_id} is not in the Hugging Face cache ({hf_constants.HF_HUB_CACHE}) "
                 "and the hub cannot be reached; download it once online, or attach it from a local path"
             ) from None

@@ -7,7 +7,10 @@ release + sae_id to a `neuronpedia:` id such as `gpt2-small/7-res-jb`. We invert
 record carries, when the mirror has synced it (`sources.saelens_release`/`saelens_sae_id`).
 
 Importing `sae_lens.loading...` imports the whole `sae_lens` package (~10 s, transformer_lens
-included), so the import happens inside the functions, on the paths that load weights.
+included), so the registry is read here straight from the YAML file that sae_lens ships (found
+without importing the package, parsed as `get_pretrained_saes_directory` parses it, ~0.5 s):
+looking a source up, and deciding whether the Hugging Face hub is needed at all, costs no
+sae_lens import. Only loading weights imports it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from ..ids import SourceId
 if TYPE_CHECKING:
     from ..store.database import Database
 
-__all__ = ["RegistryEntry", "Resolution", "registry_index", "lookup", "neuronpedia_id", "resolve"]
+__all__ = ["RegistryEntry", "Resolution", "registry_index", "lookup", "neuronpedia_id", "resolve", "repo_and_folder"]
 
 
 @dataclass(frozen=True)
@@ -48,12 +51,51 @@ class Resolution:
     entry: Optional[RegistryEntry] = None
 
 
-def _directory() -> dict:
-    try:
-        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-    except ImportError as exc:  # pragma: no cover - sae_lens is a dependency
-        raise WeightsError(f"sae_lens is not installed ({exc}); pip install sae-lens") from None
-    return get_pretrained_saes_directory()
+@dataclass(frozen=True)
+class _Release:
+    """One release of sae_lens's `pretrained_saes.yaml`: the fields of its `PretrainedSAELookup` we use."""
+
+    repo_id: str
+    model: str
+    conversion_func: Optional[str]
+    saes_map: dict
+    neuronpedia_id: dict
+
+
+@functools.cache
+def _directory() -> dict[str, _Release]:
+    """sae_lens's registry, read from the YAML it ships without importing sae_lens."""
+    import importlib.util
+    from pathlib import Path
+
+    import yaml
+
+    spec = importlib.util.find_spec("sae_lens")
+    if spec is None or spec.origin is None:  # pragma: no cover - sae_lens is a dependency
+        raise WeightsError("sae_lens is not installed; pip install sae-lens")
+    path = Path(spec.origin).parent / "pretrained_saes.yaml"
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    directory: dict[str, _Release] = {}
+    for release, value in (data or {}).items():
+        saes = value.get("saes") or []
+        directory[release] = _Release(
+            repo_id=value["repo_id"],
+            model=value.get("model", ""),
+            conversion_func=value.get("conversion_func"),
+            saes_map={h["id"]: str(h["path"]) for h in saes},
+            neuronpedia_id={h["id"]: h.get("neuronpedia") for h in saes},
+        )
+    return directory
+
+
+def repo_and_folder(release: str, sae_id: str) -> tuple[str, str]:
+    """(Hugging Face repo, folder in it) of a release's SAE, as sae_lens's
+    `get_repo_id_and_folder_name` gives them (a release it does not list is a repo itself)."""
+    entry = _directory().get(release)
+    if entry is None:
+        return release, sae_id
+    return entry.repo_id, entry.saes_map.get(sae_id, sae_id)
 
 
 @functools.cache
