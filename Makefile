@@ -11,7 +11,7 @@ test: setup  # the fast suite (what a change should keep green; ~4 min on 2 core
 	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile
 
 test-all: setup  # everything, the slow end-to-end sweeps and notebooks too: what CI runs
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 demo: setup
 	$(VENV)/bin/np-mirror demo

@@ -2,7 +2,10 @@
 
 `NP_MIRROR_FAULT=write_batch.before_commit:3` makes the process SIGKILL itself the third
 time it reaches that point (`:N` defaults to 1). Points sit where an interruption matters:
-inside a transaction before its commit, and right after a commit. With the variable unset,
+inside a transaction before its commit, and right after a commit; in the Parquet dataset
+(`npclient/dataset/units.py`), `dataset.before_rename` (a unit's temp file written, not yet in
+place) and `dataset.before_marker` (the file in place, its commit marker not yet written). With
+the variable unset,
 `point()` is one dictionary lookup.
 """
 
@@ -11,10 +14,18 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["point", "ENV"]
+__all__ = ["point", "ENV", "POINTS"]
 
 ENV = "NP_MIRROR_FAULT"
 _hits: dict[str, int] = {}
+
+#: The dataset's points (the store's are named where they sit in `store/writer.py`).
+POINTS = ("dataset.before_rename", "dataset.before_marker")
+
+# -- points in Ray workers (npclient.distributed); the driver hands NP_MIRROR_FAULT to them, and
+# a restarted actor does not fire its point again (it would die on every restart)
+#: a Ray all-pairs actor, after its N-th block pair
+RAY_ACTOR_PAIR = "ray.actor.pair"
 
 
 def _target() -> tuple[str, int] | None:

@@ -57,10 +57,32 @@ class Mirror:
         wait_s: float = 120.0,
         linger_s: float = 1.0,
         on_wait: Optional[Callable[[str], None]] = None,
+        dataset: Optional[str | Path] = None,
     ) -> None:
         self.db = Database(path, read_only=read_only, wait_s=wait_s, linger_s=linger_s, on_wait=on_wait)
         #: typed reads and writes of the file (what geometry and serve use; no SQL outside `store/`)
         self.store = Store(self.db)
+        if dataset is not None:
+            self.attach_dataset(dataset)
+
+    def attach_dataset(self, dataset: str | Path) -> list[str]:
+        """Read a Parquet dataset (a folder or `s3://`, see docs/dataset.md) in place: every
+        connection of this handle sees the views `ds_features`, `ds_activations` and
+        `ds_explanations` (the tables' columns; no copy). Returns the view names.
+
+        >>> Mirror(dataset="/shared/np").sql("SELECT count(*) FROM ds_features")
+        """
+        from .dataset.location import open_location
+        from .dataset.mirror_io import views_for
+        from .store.dataset_views import DatasetDatabase
+
+        views = views_for(open_location(dataset))
+        old = self.db
+        old.close()
+        self.db = DatasetDatabase(old.path, read_only=old.read_only, wait_s=old.wait_s, linger_s=old.linger_s,
+                                  on_wait=old.on_wait, views=views)
+        self.store = Store(self.db)
+        return [f"ds_{t}" for t in ("features", "activations", "explanations")]
 
     @property
     def path(self) -> Path:

@@ -387,8 +387,11 @@ def test_ctrl_c_during_a_sync_keeps_what_was_written_and_says_so(world, tmp_path
         mirror = tmp_path / "ctrl-c.duckdb"
         full = {**os.environ, **env, "NEURONPEDIA_BASE_URL": slow.url}
         full.pop("NP_MIRROR_DEBUG", None)
+        # SIGINT back to its default in the child: a test run started in the background (`cmd &`
+        # in a script) ignores SIGINT, and an ignored signal stays ignored across exec.
         proc = subprocess.Popen(cli_cmd("sync", SRC, "--api-only", "--quiet", "--concurrency", "1", "--db", str(mirror)),
-                                env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 60
         while not slow.state.log.matching("/api/feature") and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)  # polling for a fact (a feature request arrived), not sleeping for luck

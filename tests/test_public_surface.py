@@ -3,7 +3,7 @@ import sys
 
 import npclient
 
-HEAVY = ("torch", "sae_lens", "umap", "transformer_lens")
+HEAVY = ("torch", "sae_lens", "umap", "transformer_lens", "ray")
 
 
 def test_exported_members():

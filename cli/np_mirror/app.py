@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from . import cmd_cache, cmd_demo, cmd_emulator, cmd_exports, cmd_fetch, cmd_geometry, cmd_read, cmd_serve, cmd_sync, cmd_weights
+from . import cmd_cache, cmd_dataset, cmd_demo, cmd_emulator, cmd_exports, cmd_fetch, cmd_geometry, cmd_read, cmd_serve, cmd_sync, cmd_weights
 from .common import Globals
 from .errors import EXIT_INTERRUPTED, Interrupted, begin, handle, remember_command, set_debug
 from .options import DEFAULT_WAIT_S
@@ -47,6 +47,8 @@ app.add_typer(cmd_weights.weights_app, name="weights")
 app.command("neighbors")(cmd_geometry.neighbors)
 app.add_typer(cmd_geometry.geometry_app, name="geometry")
 app.add_typer(cmd_cache.cache_app, name="cache")
+app.add_typer(cmd_dataset.dataset_app, name="dataset")
+app.command("attach")(cmd_dataset.attach)
 
 
 @app.callback()

@@ -14,8 +14,10 @@ from .output import hint
 
 
 def import_(
-    path: Annotated[Path, typer.Argument(help="A dump on disk: one source folder (whatever its name: the source is read from its source.jsonl or its records), or a tree of models and sources (as `aws s3 sync --no-sign-request s3://neuronpedia-datasets/v1 DIR` leaves it).", show_default=False)],
+    path: Annotated[Optional[Path], typer.Argument(help="A dump on disk: one source folder (whatever its name: the source is read from its source.jsonl or its records), or a tree of models and sources (as `aws s3 sync --no-sign-request s3://neuronpedia-datasets/v1 DIR` leaves it).", show_default=False)] = None,
     db: DbOpt = None,
+    from_dataset: Annotated[Optional[str], typer.Option("--from-dataset", metavar="DATASET", help="Copy sources (given as the arguments, MODEL/SOURCE ...) from a Parquet dataset (folder or s3://) instead.", show_default=False)] = None,
+    sources: Annotated[Optional[list[str]], typer.Argument(metavar="[SOURCES]...", help="With --from-dataset: the sources to copy.", show_default=False)] = None,
 ) -> None:
     """Import Neuronpedia bulk-export batches already on disk, at disk speed.
 
@@ -26,6 +28,13 @@ def import_(
     from npclient.errors import InvalidPathError
     from npclient.exports.files import find_source_dirs
 
+    if from_dataset is not None:
+        _import_from_dataset(from_dataset, [str(path)] if path is not None else [], sources or [], db)
+        return
+    if path is None:
+        raise InvalidPathError("give a dump folder to import, or --from-dataset DATASET and sources", option="path")
+    if sources:
+        raise InvalidPathError(f"import takes one dump folder (got also {' '.join(sources)})", option="path")
     if not path.exists():
         raise InvalidPathError(f"no such file or folder: {path}", option="path")
     find_source_dirs(path)  # nothing to import: exit 2 before opening the mirror
@@ -38,6 +47,22 @@ def import_(
             hint(f"  failed: {key}: {reason}")
     if any(r.failed for r in reports):
         raise typer.Exit(EXIT_FAILURES)
+
+
+def _import_from_dataset(dataset: str, first: list[str], rest: list[str], db: Optional[Path]) -> None:
+    """`import --from-dataset DATASET SRC...`: the sources' committed rows copied into the mirror."""
+    from npclient import SourceId
+    from npclient.dataset import import_from_dataset, open_location
+    from npclient.errors import InvalidOptionError
+
+    ids = first + rest
+    if not ids:
+        raise InvalidOptionError("name the sources to copy from the dataset (MODEL/SOURCE ...)", option="from_dataset")
+    sids = [SourceId.parse(i) for i in ids]
+    loc = open_location(dataset)
+    with open_mirror(db, read_only=False) as mirror:
+        written = import_from_dataset(mirror, loc, sids)
+    hint(", ".join(f"{n} {t}" for t, n in written.items()) + f" copied from {loc.url}")
 
 
 def export(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -37,6 +38,13 @@ def _check_out(value: Optional[Path]) -> Optional[Path]:
     if value is not None and value.suffix.lower() not in (".png", ".html"):
         raise typer.BadParameter(f"a plot is written as .png or .html, got {value.name!r}")
     return value
+
+
+class Engine(str, enum.Enum):
+    """Where all-pairs runs: this process, or a Ray cluster."""
+
+    local = "local"
+    ray = "ray"
 
 
 LimitOpt = Annotated[int, typer.Option("--limit", min=0, help="Rows printed (0: all); every row is stored.")]
@@ -110,6 +118,11 @@ def allpairs(
     dtype: DtypeOpt = Dtype.float32,
     fmt: FormatOpt = Format.table,
     limit: LimitOpt = 30,
+    engine: Annotated[Engine, typer.Option("--engine", help="local: this process; ray: actors on a Ray cluster "
+                                           "(pip install 'np-mirror[ray]'), one per GPU, else one per CPU.")] = Engine.local,
+    address: Annotated[Optional[str], typer.Option("--address", help="The Ray cluster: auto (the one running on this "
+                                                    "machine) or its HOST:PORT; default: a new local cluster.",
+                                                    show_default=False)] = None,
 ) -> None:
     """Every feature's k nearest neighbours, stored in the `neighbors` table; the first rows are printed."""
     from npclient.geometry import api
@@ -117,7 +130,8 @@ def allpairs(
     _check_device(device)
     with open_mirror(db, read_only=False) as mirror:
         with _Bar("all pairs") as bar:
-            rows = api.all_pairs(mirror, source, k, device=device, dtype=dtype.value, progress=bar)
+            rows = api.all_pairs(mirror, source, k, device=device, dtype=dtype.value, progress=bar,
+                                 engine=engine.value, address=address)
         table = api.stored_neighbors(mirror, source, limit=limit or None)
     hint(f"{rows:,} rows in table neighbors for {source}; e.g. np-mirror sql \"SELECT * FROM neighbors n JOIN features f ON ...\"")
     rows_out(table.to_pylist(), fmt, ["index", "explanation", "rank", "neighbor_index", "neighbor_explanation", "cosine"])

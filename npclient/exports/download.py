@@ -121,7 +121,8 @@ def _clear_part(paths: "_Paths") -> None:
         p.unlink(missing_ok=True)
 
 
-def _file_md5(path: Path) -> str:
+def file_md5(path: Path) -> str:
+    """The hex MD5 of a file (an S3 ETag of a single-part upload), read in 1 MiB chunks."""
     digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -146,7 +147,7 @@ def is_complete(path: Path, obj: S3Object) -> bool:
     tag = _read_tag(sidecar)
     if tag is not None:
         return tag == obj.etag
-    if obj.md5 is not None and _file_md5(path) == obj.md5:
+    if obj.md5 is not None and file_md5(path) == obj.md5:
         try:
             _write_atomic(sidecar, obj.etag + "\n")
         except OSError:
@@ -279,7 +280,7 @@ class _Downloader:
         if size != obj.size:
             problem = f"{obj.key}: got {size} bytes, the listing says {obj.size}"
         elif obj.md5 is not None:
-            got = await asyncio.to_thread(_file_md5, paths.part)
+            got = await asyncio.to_thread(file_md5, paths.part)
             if got != obj.md5:
                 problem = f"{obj.key}: MD5 {got} does not match the ETag {obj.md5}"
         if problem is not None:

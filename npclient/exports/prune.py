@@ -20,7 +20,6 @@ sources' metadata files (`source.jsonl`, ...: a few hundred bytes each).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Optional, Protocol
 
 from ..errors import InvalidPathError, NPError
 from ..http.s3 import normalize_etag
+from .download import file_md5
 from .layout import local_path
 
 __all__ = ["PruneItem", "PrunePlan", "plan_prune", "prune"]
@@ -63,14 +63,6 @@ class PrunePlan:
         return sum(item.size for item in self.delete)
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _mismatch(path: Path, size: int, record: _Record) -> Optional[str]:
     """Why the bytes at `path` may not be the version the mirror imported; None when they are."""
     if record.size is not None and size != record.size:
@@ -83,7 +75,7 @@ def _mismatch(path: Path, size: int, record: _Record) -> Optional[str]:
         have = normalize_etag(sidecar.read_text(encoding="ascii", errors="replace").strip())
         return None if have == want else f"ETag {have or '?'} differs from the imported {want}"
     if "-" not in want:  # a plain MD5: the bytes themselves tell
-        return None if _md5(path) == want else "MD5 differs from the imported ETag"
+        return None if file_md5(path) == want else "MD5 differs from the imported ETag"
     return None if record.size is not None else "no sidecar to compare a multipart ETag with"
 
 

@@ -32,7 +32,7 @@ from .shapes import (
     loads,
 )
 
-__all__ = ["MirrorReader"]
+__all__ = ["MirrorReader", "PageReads", "PAGE_SORTS", "PAGE_ORDERS"]
 
 _MAX_ID = 512  # longer model/source names are unknown without asking the database
 _INT_RE = re.compile(r"[0-9]+")  # an index as the pages accept it
@@ -379,6 +379,109 @@ class MirrorReader:
             row = (row.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
         return {"modelId": model_id, "source": source_id, "index": str(index), "dtype": record.dtype,
                 "dIn": int(record.d_in), "vector": [float(v) for v in row.astype(np.float64)]}
+
+
+#: The source page's sortable columns: the request names a key, the SQL comes from here only.
+PAGE_SORTS: dict[str, str] = {
+    "index": '"index"',
+    "max_act": "max_act_approx",
+    "density": "frac_nonzero",
+    "explanations": "n_explanations",
+    "explanation": "top_explanation",
+}
+PAGE_ORDERS: dict[str, str] = {"asc": "ASC", "desc": "DESC"}
+#: Where a source's map comes from: the mirror's own UMAP (`np-mirror geometry umap`) or Neuronpedia's.
+_MAP_QUERIES: dict[str, str] = {
+    "local": """SELECT c."index" AS "index", c.x AS x, c.y AS y, f.max_act_approx AS colour, f.top_explanation AS title
+                FROM coordinates c LEFT JOIN features f
+                  ON f.model_id = c.model_id AND f.source = c.source AND f."index" = c."index"
+                WHERE c.model_id = ? AND c.source = ? AND c.method = 'umap' AND isfinite(c.x) AND isfinite(c.y)
+                ORDER BY c."index" """,
+    "neuronpedia": """SELECT "index", umap_x AS x, umap_y AS y, max_act_approx AS colour, top_explanation AS title
+                      FROM features WHERE model_id = ? AND source = ? AND isfinite(umap_x) AND isfinite(umap_y)
+                      ORDER BY "index" """,
+}
+
+
+class PageReads:
+    """The reads behind the HTML pages (not the API): paged and sorted listings, map points,
+    search hits. Every statement is a constant; sort keys are looked up in `PAGE_SORTS`."""
+
+    def __init__(self, reader: MirrorReader) -> None:
+        self.rd = reader
+
+    def feature_count(self, model_id: str, source_id: str) -> int:
+        return int(self.rd.rows("SELECT count(*) AS n FROM features WHERE model_id = ? AND source = ?",
+                                [model_id, source_id])[0]["n"])
+
+    def source_size(self, model_id: str, source_id: str) -> Optional[int]:
+        """The source's number of features as the catalog knows it (d_sae), or None."""
+        return self.rd.mirror.store.feature_count(SourceId(model_id, source_id))
+
+    def features_page(self, model_id: str, source_id: str, sort: str, order: str, limit: int,
+                      offset: int) -> list[dict[str, Any]]:
+        column, direction = PAGE_SORTS[sort], PAGE_ORDERS[order]  # KeyError: the caller checks first
+        return self.rd.rows(
+            'SELECT "index", top_explanation, max_act_approx, frac_nonzero, n_explanations FROM features '
+            f'WHERE model_id = ? AND source = ? ORDER BY {column} {direction} NULLS LAST, "index" LIMIT ? OFFSET ?',
+            [model_id, source_id, limit, offset])
+
+    def map_counts(self, model_id: str, source_id: str) -> dict[str, int]:
+        """How many points each map origin has for this source."""
+        out = {"neuronpedia": int(self.rd.rows(
+            "SELECT count(*) AS n FROM features WHERE model_id = ? AND source = ? AND isfinite(umap_x) "
+            "AND isfinite(umap_y)", [model_id, source_id])[0]["n"]), "local": 0}
+        if self.rd.has_table("coordinates"):
+            out["local"] = int(self.rd.rows(
+                "SELECT count(*) AS n FROM coordinates WHERE model_id = ? AND source = ? AND method = 'umap' "
+                "AND isfinite(x) AND isfinite(y)", [model_id, source_id])[0]["n"])
+        return out
+
+    def map_points(self, model_id: str, source_id: str, origin: str, titles: bool) -> dict[str, np.ndarray]:
+        """index, x, y, colour (max activation) as arrays, and title (top explanation) if `titles`."""
+        query = _MAP_QUERIES[origin]
+        if not titles:
+            query = query.replace(", f.top_explanation AS title", "").replace(", top_explanation AS title", "")
+        table = self.rd.mirror.sql(query, [model_id, source_id])
+        out = {name: table.column(name).to_numpy(zero_copy_only=False) for name in ("index", "x", "y")}
+        out["colour"] = table.column("colour").cast("double").fill_null(float("nan")).to_numpy(zero_copy_only=False)
+        if titles:
+            out["title"] = table.column("title").to_pylist()
+        return out
+
+    def search(self, model_id: str, source_id: str, query: str, limit: int) -> tuple[list[dict[str, Any]], int, list[tuple[int, str]]]:
+        """One run of the shared ranking (`store.search`): (the best `wire.SEARCH_PAGE` explanations,
+        how many matched, (index, description) of the first `limit` features hit, best first)."""
+        found = self.rd.mirror.store.search_explanations(query, model_id=model_id, sources=[source_id])
+        page = [{"layer": h.source, "index": h.index, "description": h.description or "",
+                 "cosine_similarity": round(h.score, 6)} for h in found[:wire.SEARCH_PAGE]]
+        seen: dict[int, str] = {}
+        for hit in found:
+            if hit.index not in seen:
+                seen[hit.index] = hit.description or ""
+                if len(seen) >= limit:
+                    break
+        return page, len(found), list(seen.items())
+
+    def explanation_rows(self, model_id: str, source_id: str, index: int) -> list[dict[str, Any]]:
+        return self.rd.rows("SELECT description, explanation_model_name, type_name, scores FROM explanations "
+                            "WHERE feature_key = ? ORDER BY rank", [f"{model_id}/{source_id}/{index}"])
+
+    def precomputed_neighbours(self, model_id: str, source_id: str, index: int) -> list[tuple[int, Optional[float]]]:
+        """(index, cosine) from `np-mirror neighbors` (decoder weights), best first, if computed."""
+        if not self.rd.has_table("neighbors"):
+            return []
+        rows = self.rd.rows('SELECT neighbor_index, cosine FROM neighbors WHERE model_id = ? AND source = ? '
+                            'AND "index" = ? ORDER BY rank', [model_id, source_id, index])
+        return [(r["neighbor_index"], r["cosine"]) for r in rows if r["neighbor_index"] is not None]
+
+    def top_explanations(self, model_id: str, source_id: str, indices: list[int]) -> dict[int, Optional[str]]:
+        """index -> top explanation for the stored features among `indices`."""
+        if not indices:
+            return {}
+        return {r["index"]: r["top_explanation"] for r in self.rd.rows(
+            'SELECT "index", top_explanation FROM features WHERE model_id = ? AND source = ? '
+            'AND "index" IN (SELECT unnest(?::INTEGER[]))', [model_id, source_id, indices])}
 
 
 def _db_text(text: str) -> str:

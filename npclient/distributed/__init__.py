@@ -1,0 +1,15 @@
+"""np-mirror on a Ray cluster (the optional extra `np-mirror[ray]`).
+
+The single-machine engine stays the default and the reference: every distributed result is
+the local result, computed elsewhere. Ray is imported inside the functions that need it, so
+importing this package (or `npclient`) never loads it.
+
+- `ray_allpairs`: `all_pairs_topk` with its symmetric block pairs spread over actors that keep
+  the decoder resident (one per GPU, else one per CPU), merged with `merge_topk`.
+"""
+
+from __future__ import annotations
+
+from .allpairs import ray_allpairs
+
+__all__ = ["ray_allpairs"]
