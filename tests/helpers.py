@@ -146,3 +146,33 @@ def official_client_port(wait_s: float = 120.0) -> Iterator[int]:
             yield OFFICIAL_CLIENT_PORT
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def synced_mirror_with_sae(tmp: Path, src, d_sae: int = 512, d_in: int = 64):
+    """An emulator serving `src` alone (d_sae x d_in), synced into a fresh Mirror at tmp/m.duckdb,
+    and the emulator's SAE (its planted decoder) attached to the mirror from bare safetensors
+    (no sae_lens import). Returns (server, mirror, sae); the caller stops the server."""
+    from npclient import NeuronpediaClient
+    from npclient.aio import run
+    from npclient.mirror import Mirror
+    from npclient.sync import run_sync
+    from npclient.testing import EmulatorServer
+    from npclient.testing.saes import make_emulator_sae
+    from npclient.weights import attach
+
+    spec = SourceSpec(src.model_id, src.source, d_sae=d_sae, d_in=d_in)
+    server = EmulatorServer(EmulatorConfig(sources=(spec,))).start()
+    try:
+        mirror = Mirror(tmp / "m.duckdb", linger_s=0)
+
+        async def sync():
+            async with NeuronpediaClient(server.url, budget=None) as client:
+                await run_sync([src], db=mirror.db, client=client)
+
+        run(sync())
+        sae = make_emulator_sae(tmp / "sae", server.state, src.model_id, src.source)
+        attach(mirror.db, src, path=sae.path / "sae_weights.safetensors", tensor="W_dec", root=tmp / "weights")
+    except BaseException:
+        server.stop()
+        raise
+    return server, mirror, sae

@@ -164,6 +164,25 @@ def test_allpairs_and_umap_print_rows_in_every_format(cli, world):
     assert [r["index"] for r in rows] == list(range(40)) and set(rows[0]) == {"index", "x", "y", "explanation"}
 
 
+def test_umap_plot_names_points_by_their_index_and_colours_them_by_max_activation(cli, world, tmp_path):
+    _, db, _ = world
+    con = duckdb.connect(str(db), read_only=True)
+    try:  # features the mirror holds with a max activation (LIGHT faults may leave a few out)
+        chosen = [r[0] for r in con.execute('SELECT "index" FROM features WHERE max_act_approx IS NOT NULL '
+                                            'AND "index" >= 20 ORDER BY "index" LIMIT 40').fetchall()]
+    finally:
+        con.close()
+    assert len(chosen) == 40
+    out_html = tmp_path / "umap.html"
+    code, _, err = cli("geometry", "umap", SRC, "--features", ",".join(map(str, chosen)), "-k", "5", "--limit", "1",
+                       "--out", str(out_html), "--db", str(db))
+    assert code == 0, err
+    html = out_html.read_text()
+    assert "UMAP of 40 features of " + SRC.replace("/", "\\u002f") + ", coloured by max activation" in html  # JSON-escaped /
+    assert '"colorscale"' in html and '"showscale":true' in html
+    assert f"#{chosen[0]} " in html and f"#{chosen[-1]} " in html and "#0 " not in html  # their ids, not row numbers
+
+
 # ---- serve on a taken port -----------------------------------------------------------------------
 
 

@@ -241,8 +241,13 @@ def test_sql_help_lists_every_table_of_the_mirror(capsys):
     assert listed == set(MIRROR_TABLES)
 
 
-@pytest.mark.parametrize("command, metavar", [("show", "MODEL/SOURCE/INDEX"), ("fetch", "MODEL/SOURCE/INDEX"),
-                                              ("sources", "[MODEL]")])
+@pytest.mark.parametrize("command, metavar", [
+    ("show", "MODEL/SOURCE/INDEX"), ("fetch", "MODEL/SOURCE/INDEX"), ("sources", "[MODEL]"),
+    ("neighbors", "MODEL/SOURCE/INDEX"), ("sync", "MODEL/SOURCE|MODEL/SET"), ("export", "[MODEL/SOURCE]..."),
+    ("import", "[PATH] [MODEL/SOURCE]..."), ("weights add", "MODEL/SOURCE"), ("geometry allpairs", "MODEL/SOURCE"),
+    ("geometry match", "MODEL/SOURCE} {MODEL/SOURCE"), ("geometry pca", "MODEL/SOURCE"),
+    ("geometry umap", "MODEL/SOURCE"), ("geometry cluster", "MODEL/SOURCE"), ("geometry nullspace", "MODEL/SOURCE"),
+])
 def test_id_arguments_name_their_shape(capsys, command, metavar):
-    code, out, _ = run(capsys, command, "--help")
+    code, out, _ = run(capsys, *command.split(), "--help")
     assert code == 0 and metavar in out.splitlines()[0]

@@ -19,7 +19,6 @@ import torch
 ray = pytest.importorskip("ray")
 
 from npclient import SourceId  # noqa: E402
-from npclient.aio import run  # noqa: E402
 from npclient.distributed import allpairs as ray_run  # noqa: E402
 from npclient.distributed import ray_allpairs  # noqa: E402
 from npclient.distributed.pairs import block_pairs, tiles  # noqa: E402
@@ -171,24 +170,9 @@ def test_without_ray_the_engine_is_bad_input_that_names_the_extra():
 
 @pytest.fixture(scope="module")
 def mirror_world(tmp_path_factory):
-    from npclient import NeuronpediaClient
-    from npclient.mirror import Mirror
-    from npclient.sync import run_sync
-    from npclient.testing import EmulatorConfig, EmulatorServer, SourceSpec
-    from npclient.testing.saes import make_emulator_sae
-    from npclient.weights import attach
+    from helpers import synced_mirror_with_sae
 
-    tmp = tmp_path_factory.mktemp("ray-allpairs")
-    server = EmulatorServer(EmulatorConfig(sources=(SourceSpec(SRC.model_id, SRC.source, d_sae=512, d_in=64),))).start()
-    mirror = Mirror(tmp / "m.duckdb", linger_s=0)
-
-    async def sync():
-        async with NeuronpediaClient(server.url, budget=None) as client:
-            await run_sync([SRC], db=mirror.db, client=client)
-
-    run(sync())
-    sae = make_emulator_sae(tmp / "sae", server.state, SRC.model_id, SRC.source)
-    attach(mirror.db, SRC, path=sae.path / "sae_weights.safetensors", tensor="W_dec", root=tmp / "weights")
+    server, mirror, _ = synced_mirror_with_sae(tmp_path_factory.mktemp("ray-allpairs"), SRC)
     yield server, mirror
     server.stop()
 

@@ -5,15 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from npclient import NeuronpediaClient, SourceId
-from npclient.aio import run
-from npclient.mirror import Mirror
-from npclient.sync import run_sync
-from npclient.testing import EmulatorConfig, SourceSpec
-from npclient.testing.saes import make_emulator_sae
+from npclient import SourceId
 from npclient.geometry.subspace import circular_order
 from npclient.weights import attach
 from np_mirror.app import main
+
+from helpers import synced_mirror_with_sae
 
 SRC = SourceId("gpt2-small", "0-res-jb")
 WIDE = SourceId("gpt2-small", "0-reswide-jb")
@@ -22,20 +19,8 @@ DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sun
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from npclient.testing import EmulatorServer
-
     tmp = tmp_path_factory.mktemp("geometry")
-    server = EmulatorServer(EmulatorConfig(sources=(SourceSpec(SRC.model_id, SRC.source, d_sae=512, d_in=64),))).start()
-    mirror = Mirror(tmp / "m.duckdb", linger_s=0)
-
-    async def sync():
-        async with NeuronpediaClient(server.url, budget=None) as client:
-            await run_sync([SRC], db=mirror.db, client=client)
-
-    run(sync())
-    sae = make_emulator_sae(tmp / "sae", server.state, SRC.model_id, SRC.source)
-    # bare safetensors: no sae_lens import needed
-    attach(mirror.db, SRC, path=sae.path / "sae_weights.safetensors", tensor="W_dec", root=tmp / "weights")
+    server, mirror, sae = synced_mirror_with_sae(tmp, SRC)
     attach(mirror.db, WIDE, path=sae.wide_path / "sae_weights.safetensors", tensor="W_dec", root=tmp / "weights")
     yield server, mirror, sae, tmp
     server.stop()

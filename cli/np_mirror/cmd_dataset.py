@@ -57,7 +57,7 @@ def verify(dataset: DatasetArg, fmt: FormatOpt = Format.table) -> None:
 @dataset_app.command("write")
 def write(
     dataset: DatasetArg,
-    ids: Annotated[Optional[list[str]], typer.Argument(metavar="[SOURCES]...", help="Sources to write (default: all the mirror holds).", show_default=False)] = None,
+    ids: Annotated[Optional[list[str]], typer.Argument(metavar="MODEL/SOURCE", help="Sources to write (default: all the mirror holds).", show_default=False)] = None,
     unit_features: Annotated[int, typer.Option("--unit-features", min=1, help="Features per unit of work (one file per table each).")] = 4096,
     job_id: Annotated[Optional[str], typer.Option("--job-id", help="This job's id (temp names carry it; default: random).", show_default=False)] = None,
     rewrite: Annotated[bool, typer.Option("--rewrite", help="Write committed units again too.")] = False,

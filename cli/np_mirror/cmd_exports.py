@@ -14,10 +14,10 @@ from .output import hint
 
 
 def import_(
-    path: Annotated[Optional[Path], typer.Argument(help="A dump on disk: one source folder (whatever its name: the source is read from its source.jsonl or its records), or a tree of models and sources (as `aws s3 sync --no-sign-request s3://neuronpedia-datasets/v1 DIR` leaves it).", show_default=False)] = None,
+    path: Annotated[Optional[Path], typer.Argument(metavar="PATH", help="A dump on disk: one source folder (whatever its name: the source is read from its source.jsonl or its records), or a tree of models and sources (as `aws s3 sync --no-sign-request s3://neuronpedia-datasets/v1 DIR` leaves it).", show_default=False)] = None,
     db: DbOpt = None,
     from_dataset: Annotated[Optional[str], typer.Option("--from-dataset", metavar="DATASET", help="Copy sources (given as the arguments, MODEL/SOURCE ...) from a Parquet dataset (folder or s3://) instead.", show_default=False)] = None,
-    sources: Annotated[Optional[list[str]], typer.Argument(metavar="[SOURCES]...", help="With --from-dataset: the sources to copy.", show_default=False)] = None,
+    sources: Annotated[Optional[list[str]], typer.Argument(metavar="MODEL/SOURCE", help="With --from-dataset: the sources to copy.", show_default=False)] = None,
 ) -> None:
     """Import Neuronpedia bulk-export batches already on disk, at disk speed.
 
@@ -67,7 +67,7 @@ def _import_from_dataset(dataset: str, first: list[str], rest: list[str], db: Op
 
 def export(
     parquet: OutDirOpt,
-    ids: Annotated[Optional[list[str]], typer.Argument(help="Sources to export (default: all).", show_default=False)] = None,
+    ids: Annotated[Optional[list[str]], typer.Argument(metavar="MODEL/SOURCE", help="Sources to export (default: all).", show_default=False)] = None,
     db: DbOpt = None,
 ) -> None:
     """Write the mirror as a hive-partitioned Parquet dataset that DuckDB, Polars or Spark read as is.

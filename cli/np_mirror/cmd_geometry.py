@@ -91,7 +91,7 @@ class _Bar:
 
 
 def neighbors(
-    feature_id: Annotated[str, typer.Argument(help="Feature id, e.g. gpt2-small/7-res-jb/2592.", show_default=False)],
+    feature_id: Annotated[str, typer.Argument(metavar="MODEL/SOURCE/INDEX", help="Feature id, e.g. gpt2-small/7-res-jb/2592.", show_default=False)],
     k: Annotated[int, typer.Option("-k", min=1, help="How many neighbours.")] = 10,
     against: Annotated[Optional[str], typer.Option("--against", help="Search another source's decoder (same d_in).", show_default=False)] = None,
     db: DbOpt = None,
@@ -111,7 +111,7 @@ def neighbors(
 
 @geometry_app.command("allpairs")
 def allpairs(
-    source: Annotated[str, typer.Argument(help="Source, e.g. gpt2-small/7-res-jb.", show_default=False)],
+    source: Annotated[str, typer.Argument(metavar="MODEL/SOURCE", help="Source, e.g. gpt2-small/7-res-jb.", show_default=False)],
     k: Annotated[int, typer.Option("-k", min=1, help="Neighbours per feature (self first).")] = 25,
     db: DbOpt = None,
     device: DeviceOpt = None,
@@ -139,8 +139,8 @@ def allpairs(
 
 @geometry_app.command("match")
 def match(
-    source_a: Annotated[str, typer.Argument(help="Source whose features are matched.", show_default=False)],
-    source_b: Annotated[str, typer.Argument(help="Source searched (e.g. a wider SAE of the same layer).", show_default=False)],
+    source_a: Annotated[str, typer.Argument(metavar="MODEL/SOURCE", help="Source whose features are matched.", show_default=False)],
+    source_b: Annotated[str, typer.Argument(metavar="MODEL/SOURCE", help="Source searched (e.g. a wider SAE of the same layer).", show_default=False)],
     k: Annotated[int, typer.Option("-k", min=1, help="Matches per feature.")] = 1,
     db: DbOpt = None,
     fmt: FormatOpt = Format.table,
@@ -159,7 +159,7 @@ def match(
 
 @geometry_app.command("nullspace")
 def nullspace(
-    source: Annotated[str, typer.Argument(help="Source whose features are tested.", show_default=False)],
+    source: Annotated[str, typer.Argument(metavar="MODEL/SOURCE", help="Source whose features are tested.", show_default=False)],
     matrix: Annotated[Path, typer.Option("--matrix", help="A d_in x r matrix (e.g. a head's W_K): .npy, or .safetensors with --tensor.", show_default=False)],
     tensor: Annotated[Optional[str], typer.Option("--tensor", help="Tensor name inside a .safetensors file (e.g. W_K).", show_default=False)] = None,
     ov_tensor: Annotated[Optional[str], typer.Option("--ov-tensor", help="Also test suppression by this d_in x d_in OV map from the same file.", show_default=False)] = None,
@@ -221,7 +221,7 @@ def _selection(mirror, source: str, features: Optional[str], where: Optional[str
 
 @geometry_app.command("pca")
 def pca(
-    source: Annotated[str, typer.Argument(show_default=False, help="Source, e.g. gpt2-small/7-res-jb.")],
+    source: Annotated[str, typer.Argument(metavar="MODEL/SOURCE", show_default=False, help="Source, e.g. gpt2-small/7-res-jb.")],
     features: FeaturesOpt = None,
     where: WhereOpt = None,
     out: OutOpt = None,
@@ -246,7 +246,7 @@ def pca(
 
 @geometry_app.command("umap")
 def umap(
-    source: Annotated[str, typer.Argument(show_default=False, help="Source, e.g. gpt2-small/7-res-jb.")],
+    source: Annotated[str, typer.Argument(metavar="MODEL/SOURCE", show_default=False, help="Source, e.g. gpt2-small/7-res-jb.")],
     features: FeaturesOpt = None,
     where: WhereOpt = None,
     k: Annotated[int, typer.Option("-k", min=2, help="Neighbours in the kNN graph (self included).")] = 15,
@@ -271,13 +271,23 @@ def umap(
         from npclient.geometry.plots import plot_umap
 
         coords = np.column_stack([table.column("x").to_numpy(), table.column("y").to_numpy()])
-        plot_umap(coords, table.column("explanation").to_pylist(), out)
+        index = table.column("index").to_pylist()
+        with open_mirror(db, read_only=True) as mirror:  # colour: each feature's max activation, when stored
+            stored = mirror.features(source, ["index", "max_act_approx"])
+        max_act = dict(zip(stored.column("index").to_pylist(), stored.column("max_act_approx").to_pylist()))
+        colors = [max_act.get(i) for i in index]
+        known = all(isinstance(c, (int, float)) for c in colors)
+        plot_umap(coords, table.column("explanation").to_pylist(), out, features=index,
+                  colors=colors if known else None,
+                  title=f"UMAP of {len(index):,} features of {source}" + (", coloured by max activation" if known else ""))
+        if not known:
+            hint("np-mirror: points not coloured: some features have no stored max activation")
         hint(f"wrote {out}")
 
 
 @geometry_app.command("cluster")
 def cluster(
-    source: Annotated[str, typer.Argument(show_default=False, help="Source, e.g. gpt2-small/7-res-jb.")],
+    source: Annotated[str, typer.Argument(metavar="MODEL/SOURCE", show_default=False, help="Source, e.g. gpt2-small/7-res-jb.")],
     features: FeaturesOpt = None,
     where: WhereOpt = None,
     threshold: Annotated[Optional[float], typer.Option("--threshold", help="Cut the tree at this cosine distance.", show_default=False)] = None,

@@ -15,7 +15,7 @@ from .options import BaseUrlOpt, ConcurrencyOpt, DbOpt, RateOpt
 def sync(
     targets: Annotated[
         list[str],
-        typer.Argument(help="Sources (gpt2-small/0-res-jb) or source sets (gpt2-small/res-jb: every layer).", show_default=False),
+        typer.Argument(metavar="MODEL/SOURCE|MODEL/SET", help="Sources (gpt2-small/0-res-jb) or source sets (gpt2-small/res-jb: every layer).", show_default=False),
     ],
     range_: Annotated[Optional[str], typer.Option("--range", help="Half-open feature range a:b (default: the whole source).", show_default=False)] = None,
     parts: Annotated[str, typer.Option("--parts", help="What to store: a subset of features,activations,explanations.")] = "features,activations,explanations",

@@ -35,7 +35,7 @@ TABLE_COLUMNS = ["source_id", "d_sae", "d_in", "dtype", "bad_rows", "sha256", "f
 
 @weights_app.command("add")
 def add(
-    source_id: Annotated[str, typer.Argument(metavar="ID", help="Source id, e.g. gpt2-small/7-res-jb.", show_default=False)],
+    source_id: Annotated[str, typer.Argument(metavar="MODEL/SOURCE", help="Source id, e.g. gpt2-small/7-res-jb.", show_default=False)],
     path: Annotated[Optional[Path], typer.Option("--path", help="An sae_lens folder (cfg.json + sae_weights.safetensors) or a bare safetensors file [default: sae_lens's registry through the Hugging Face cache].", show_default=False)] = None,
     tensor: Annotated[Optional[str], typer.Option("--tensor", help="Tensor holding the decoder in a bare safetensors file [default: W_dec, or its only 2-D tensor].", show_default=False)] = None,
     transpose: Annotated[bool, typer.Option("--transpose", help="The tensor is stored d_in x d_sae.")] = False,

@@ -5,9 +5,10 @@ rows feeding row block i and its columns row block j. Here those same pairs are 
 tiles (groups I x J >= I of consecutive blocks) so a worker's partial top-k covers only the
 rows of two groups; each candidate (row, column) lives in exactly one tile, so the top-k of
 the union of the partial lists is the top-k of the whole (`merge_partials`, through
-`merge_topk`). A tile runs the per-pair steps of `symmetric` (one GEMM, a diagonal block only
-above its diagonal, then the numba heap scan; or the torch "dense" selection on a GPU or
-without numba) into heaps over its own rows. Pure torch/numpy: nothing here knows Ray.
+`merge_topk`). A tile runs `symmetric`'s own per-pair steps (`heap_pair`: one GEMM, a diagonal
+block only above its diagonal, then the numba heap scan; or `dense_pair`, the torch "dense"
+selection on a GPU or without numba) into heaps over its own rows. Pure torch/numpy: nothing
+here knows Ray.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..geometry.dense import _dense
-from ..geometry.heap_kernel import _floor, _Heaps, _numba_scan, _scan_block
+from ..geometry.heap_kernel import _Heaps, _numba_scan
 from ..geometry.merge import _NEG, _Running, merge_topk
-from ..geometry.symmetric import _SUB_HEAP
+from ..geometry.symmetric import dense_pair, heap_pair
 
 __all__ = ["Partial", "block_pairs", "merge_partials", "run_tile", "tiles"]
 
@@ -84,30 +84,10 @@ def run_tile(U: torch.Tensor, pairs: list[Pair], block: int, k: int, *, heap: bo
         run = _Running(n_loc, k, U.device)
     for bi, bj in pairs:
         (r0, r1), (c0, c1) = spans[bi], spans[bj]
-        lr, lc = off[bi], off[bj]
-        A = U[r0:r1]
-        R, C = r1 - r0, c1 - c0
-        if heap and bi == bj:
-            # symmetric's diagonal step: the upper triangle in strips of _SUB_HEAP rows
-            for p0 in range(0, R, _SUB_HEAP):
-                p1 = min(p0 + _SUB_HEAP, R)
-                St = sbuf[: (p1 - p0) * (R - p0)].view(p1 - p0, R - p0)
-                torch.mm(A[p0:p1], A[p0:].T, out=St)
-                _scan_block(St.numpy(), lr + p0, lr + p0, rows=True, cols=True, diag=True, h=h,
-                            floor_r=h.none(p1 - p0), floor_c=h.none(R - p0), cid0=r0 + p0, rid0=r0 + p0)
-        elif heap:
-            S = sbuf[: R * C].view(R, C)
-            torch.mm(A, U[c0:c1].T, out=S)
-            _scan_block(S.numpy(), lr, lc, rows=True, cols=True, diag=False, h=h, floor_r=_floor(h, S, lr, 1),
-                        floor_c=_floor(h, S, lc, 0), cid0=c0, rid0=r0)
-        else:
-            # symmetric's dense step: a diagonal block whole (its diagonal masked) feeds its rows
-            S = A @ U[c0:c1].T
-            if bi == bj:
-                S.diagonal().fill_(_NEG)
-            _dense(run, lr, S, lambda p, c0=c0: p + c0, dim=1)
-            if bi != bj:
-                _dense(run, lc, S, lambda p, r0=r0: p + r0, dim=0)
+        if heap:
+            heap_pair(U, sbuf, h, r0, r1, c0, c1, row_off=off[bi], col_off=off[bj])
+        else:  # a diagonal block whole (its diagonal masked) feeds its rows
+            dense_pair(run, U[r0:r1] @ U[c0:c1].T, r0, c0, diag=bi == bj, row_off=off[bi], col_off=off[bj])
         if on_pair is not None:
             on_pair()
     vals, idx = h.result() if heap else (run.vals.cpu(), run.idx.cpu())

@@ -22,7 +22,7 @@ from .heap_kernel import _floor, _Heaps, _numba_scan, _scan_block
 from .merge import _NEG, TopK, _Running, _sort_rows
 from .threads import cpu_threads, run_exclusive
 
-__all__ = ["all_pairs_topk"]
+__all__ = ["all_pairs_topk", "dense_pair", "heap_pair"]
 
 
 def all_pairs_topk(
@@ -106,23 +106,7 @@ def _symmetric_heap(U: torch.Tensor, k: int, block: int, progress: Progress) -> 
 
     def run_pair(pair: tuple[int, int], sbuf: torch.Tensor) -> None:
         r0, c0 = starts[pair[0]], starts[pair[1]]
-        r1, c1 = min(r0 + block, nv), min(c0 + block, nv)
-        A = U[r0:r1]
-        R, C = r1 - r0, c1 - c0
-        if c0 == r0:
-            # the upper triangle only, in strips of _SUB_HEAP rows: strip p is rows p0..p1 of
-            # the block against its columns p0.., scanned above its own diagonal
-            for p0 in range(0, R, _SUB_HEAP):
-                p1 = min(p0 + _SUB_HEAP, R)
-                St = sbuf[: (p1 - p0) * (R - p0)].view(p1 - p0, R - p0)
-                torch.mm(A[p0:p1], A[p0:].T, out=St)
-                _scan_block(St.numpy(), r0 + p0, r0 + p0, rows=True, cols=True, diag=True, h=h,
-                            floor_r=h.none(p1 - p0), floor_c=h.none(R - p0), cid0=r0 + p0, rid0=r0 + p0)
-        else:
-            S = sbuf[: R * C].view(R, C)
-            torch.mm(A, U[c0:c1].T, out=S)
-            _scan_block(S.numpy(), r0, c0, rows=True, cols=True, diag=False, h=h, floor_r=_floor(h, S, r0, 1),
-                        floor_c=_floor(h, S, c0, 0), cid0=c0, rid0=r0)
+        heap_pair(U, sbuf, h, r0, min(r0 + block, nv), c0, min(c0 + block, nv), row_off=r0, col_off=c0)
 
     if T <= 1:
         sbuf = torch.empty(cap, dtype=torch.float32)
@@ -158,7 +142,6 @@ def _symmetric(U: torch.Tensor, k: int, block: int, dt: torch.dtype, thresh: boo
             R, C = r1 - r0, c1 - c0
             diag = c0 == r0
             ids_c = (lambda p, c0=c0: p + c0)
-            ids_r = (lambda p, r0=r0: p + r0)
             S = sbuf[: R * C].view(R, C) if use_buf else None
             if thresh and diag and run.warm(r0, r1):
                 # upper triangle only (strips of sub-blocks), then both sides, like an off-diagonal block
@@ -172,21 +155,15 @@ def _symmetric(U: torch.Tensor, k: int, block: int, dt: torch.dtype, thresh: boo
                     S = A @ Uc[c0:c1].T
                     if dev.type == "cpu" and S.dtype != torch.float32:
                         S = S.float()
-                if diag:
-                    S.diagonal().fill_(_NEG)
-                if not thresh:
-                    _dense(run, r0, S, ids_c, dim=1)
-                    if not diag:
-                        _dense(run, c0, S, ids_r, dim=0)
-                elif diag:  # cold diagonal block (the first one): dense row side
-                    _dense(run, r0, S, ids_c, dim=1)
+                if not thresh or diag:  # dense; a cold diagonal block (the first one) too
+                    dense_pair(run, S, r0, c0, diag=diag, row_off=r0, col_off=c0)
                 else:
                     th_r = run.thr[r0:r1] if run.warm(r0, r1) else _lower_bounds(S, k, 1)
                     th_c = run.thr[c0:c1] if run.warm(c0, c1) else _lower_bounds(S, k, 0)
                     if th_r is None:
                         _dense(run, r0, S, ids_c, dim=1)
                     if th_c is None:
-                        _dense(run, c0, S, ids_r, dim=0)
+                        _dense(run, c0, S, lambda p, r0=r0: p + r0, dim=0)
                     if th_r is not None or th_c is not None:
                         _threshold(run, S, r0, c0, th_r, th_c, ids_c)
             done += 1
@@ -197,6 +174,41 @@ def _symmetric(U: torch.Tensor, k: int, block: int, dt: torch.dtype, thresh: boo
 
 _SUB = 512
 _SUB_HEAP = 256
+
+
+def heap_pair(U: torch.Tensor, sbuf: torch.Tensor, h: _Heaps, r0: int, r1: int, c0: int, c1: int, *,
+              row_off: int, col_off: int) -> None:
+    """One block pair's heap step (numba scan, CPU float32): rows r0:r1 against columns c0:c1
+    of unit-row U (c0 >= r0), fed into heaps `h` at rows `row_off`/`col_off` (the block's own
+    offsets in `h`: r0/c0 for the whole matrix, a tile's local ones in `distributed.pairs`);
+    the ids written stay global. A diagonal block (c0 == r0) is computed only above its
+    diagonal, in strips of _SUB_HEAP rows; `sbuf` holds at least (r1 - r0) * (c1 - c0) floats."""
+    A = U[r0:r1]
+    R, C = r1 - r0, c1 - c0
+    if c0 == r0:
+        # strip p is rows p0..p1 of the block against its columns p0.., scanned above its own diagonal
+        for p0 in range(0, R, _SUB_HEAP):
+            p1 = min(p0 + _SUB_HEAP, R)
+            St = sbuf[: (p1 - p0) * (R - p0)].view(p1 - p0, R - p0)
+            torch.mm(A[p0:p1], A[p0:].T, out=St)
+            _scan_block(St.numpy(), row_off + p0, row_off + p0, rows=True, cols=True, diag=True, h=h,
+                        floor_r=h.none(p1 - p0), floor_c=h.none(R - p0), cid0=r0 + p0, rid0=r0 + p0)
+    else:
+        S = sbuf[: R * C].view(R, C)
+        torch.mm(A, U[c0:c1].T, out=S)
+        _scan_block(S.numpy(), row_off, col_off, rows=True, cols=True, diag=False, h=h,
+                    floor_r=_floor(h, S, row_off, 1), floor_c=_floor(h, S, col_off, 0), cid0=c0, rid0=r0)
+
+
+def dense_pair(run: _Running, S: torch.Tensor, r0: int, c0: int, *, diag: bool, row_off: int, col_off: int) -> None:
+    """One block pair's dense step: S = rows r0.. · columns c0.. feeds `run` at rows `row_off`
+    (and, off the diagonal, its transpose at `col_off`), ids global. A diagonal block is
+    whole, its diagonal masked (in place), and feeds its rows only."""
+    if diag:
+        S.diagonal().fill_(_NEG)
+    _dense(run, row_off, S, lambda p: p + c0, dim=1)
+    if not diag:
+        _dense(run, col_off, S, lambda p: p + r0, dim=0)
 
 
 def _upper_triangle(A: torch.Tensor, S: Optional[torch.Tensor]) -> torch.Tensor:
