@@ -262,6 +262,7 @@ def umap(
         chosen = _selection(mirror, source, features, where) if (features or where) else None
         with _Bar("umap") as bar:
             table = api.umap(mirror, source, features=chosen, k=k, progress=bar)
+        stored = mirror.features(source, ["index", "max_act_approx"]) if out is not None else None  # the plot's colours
     hint(f"{table.num_rows:,} points in table coordinates (method 'umap')")
     rows = table.to_pylist()
     rows_out(rows[:limit] if limit else rows, fmt, ["index", "x", "y", "explanation"])
@@ -272,8 +273,6 @@ def umap(
 
         coords = np.column_stack([table.column("x").to_numpy(), table.column("y").to_numpy()])
         index = table.column("index").to_pylist()
-        with open_mirror(db, read_only=True) as mirror:  # colour: each feature's max activation, when stored
-            stored = mirror.features(source, ["index", "max_act_approx"])
         max_act = dict(zip(stored.column("index").to_pylist(), stored.column("max_act_approx").to_pylist()))
         colors = [max_act.get(i) for i in index]
         known = all(isinstance(c, (int, float)) for c in colors)

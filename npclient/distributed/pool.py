@@ -41,13 +41,17 @@ def workers(ray: Any, per: float, n: int) -> list[Any]:
     return actors
 
 
-def forget(ray: Any, per: float, n: int) -> None:
-    """Kill and drop the workers of this shape (after a failure they could not survive)."""
-    for a in _POOL.pop(_key(ray, per, n), []):
+def _kill(ray: Any, actors: list[Any]) -> None:
+    for a in actors:
         try:
             ray.kill(a)
-        except Exception:  # noqa: BLE001 - already gone
+        except Exception:  # noqa: BLE001 - already gone, or the cluster is down
             pass
+
+
+def forget(ray: Any, per: float, n: int) -> None:
+    """Kill and drop the workers of this shape (after a failure they could not survive)."""
+    _kill(ray, _POOL.pop(_key(ray, per, n), []))
 
 
 def shutdown_workers() -> None:
@@ -55,9 +59,4 @@ def shutdown_workers() -> None:
     import ray
 
     while _POOL:
-        _, actors = _POOL.popitem()
-        for a in actors:
-            try:
-                ray.kill(a)
-            except Exception:  # noqa: BLE001 - already gone, or the cluster is down
-                pass
+        _kill(ray, _POOL.popitem()[1])

@@ -104,11 +104,7 @@ def neighbors(mirror: "Mirror", feature: FeatureIdLike, k: int = 10, *, against:
     check_indices(mirror, sid, [fid.index])  # an index beyond the source: refused, not an empty table
     target = _sid(against) if against is not None else sid
     if target == sid and mirror.store.stored_neighbors_k(sid) >= k:
-        table = mirror.sql(
-            """SELECT rank, neighbor_index AS "index", cosine FROM neighbors
-               WHERE model_id = ? AND source = ? AND "index" = ? AND rank < ? ORDER BY rank""",
-            [sid.model_id, sid.source, fid.index, k],
-        )
+        table = mirror.store.computed_neighbors(sid, fid.index, k)
         return with_explanations(mirror, target, _numbered({c: table.column(c) for c in table.column_names}))
     W = _decoder(mirror, sid, device)
     if not 0 <= fid.index < W.shape[0]:

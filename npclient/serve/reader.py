@@ -471,9 +471,9 @@ class PageReads:
         """(index, cosine) from `np-mirror neighbors` (decoder weights), best first, if computed."""
         if not self.rd.has_table("neighbors"):
             return []
-        rows = self.rd.rows('SELECT neighbor_index, cosine FROM neighbors WHERE model_id = ? AND source = ? '
-                            'AND "index" = ? ORDER BY rank', [model_id, source_id, index])
-        return [(r["neighbor_index"], r["cosine"]) for r in rows if r["neighbor_index"] is not None]
+        table = self.rd.mirror.store.computed_neighbors(SourceId(model_id, source_id), index)
+        return [(i, c) for i, c in zip(table.column("index").to_pylist(), table.column("cosine").to_pylist())
+                if i is not None]
 
     def top_explanations(self, model_id: str, source_id: str, indices: list[int]) -> dict[int, Optional[str]]:
         """index -> top explanation for the stored features among `indices`."""

@@ -132,6 +132,9 @@ class Store:
     def stored_neighbors_k(self, sid: Any) -> int:
         return results.stored_neighbors_k(self.db, sid)
 
+    def computed_neighbors(self, sid: Any, index: int, k: Optional[int] = None) -> pa.Table:
+        return results.computed_neighbors(self.db, sid, index, k)
+
     # ---- bulk -------------------------------------------------------------------------------
     def export_parquet(self, out_dir: Path, sources: Optional[Sequence[Any]] = None) -> dict[str, int]:
         return parquet.export_parquet(self.db, out_dir, sources)

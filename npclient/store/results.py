@@ -100,6 +100,17 @@ def save_head_features(db: Database, sid: SourceId, matrix: str, colspace: np.nd
                     [sid.model_id, sid.source, matrix], table)
 
 
+def computed_neighbors(db: Database, sid: SourceId, index: int, k: Optional[int] = None) -> pa.Table:
+    """A feature's row of the all-pairs table (`rank`, `index` of the neighbour, `cosine`), self
+    first, its first `k` entries if given; empty when none was computed."""
+    with db.connect() as cur:
+        return cur.sql(
+            'SELECT rank, neighbor_index AS "index", cosine FROM neighbors WHERE model_id = ? AND source = ? '
+            'AND "index" = ? AND rank < ? ORDER BY rank',
+            params=[sid.model_id, sid.source, index, k if k is not None else 2**31 - 1],
+        ).to_arrow_table()
+
+
 def stored_neighbors_k(db: Database, sid: SourceId) -> int:
     """k of the stored all-pairs table for `sid` (0 when there is none)."""
     with db.connect() as cur:
