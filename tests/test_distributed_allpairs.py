@@ -30,19 +30,8 @@ SRC = SourceId("gpt2-small", "0-res-jb")
 
 
 @pytest.fixture(scope="session")
-def cluster():
-    """The session's local Ray cluster; logical GPUs, so the one-actor-per-GPU path is scheduled
-    too (its actors run on the CPU here, as there is no CUDA)."""
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
-                 logging_level="warning", configure_logging=True)
-    yield ray
-    if started:
-        from npclient.distributed.pool import shutdown_workers
-
-        shutdown_workers()
-        ray.shutdown()
+def cluster(ray_cluster):
+    return ray_cluster
 
 
 def assert_same_topk(got, ref, tol: float = 1e-6) -> None:
