@@ -16,8 +16,13 @@ requests reuse until the file changes); p50/p95 are over the `--requests` after 
 
 Goal: p95 < 300 ms per kind on the 2-core machine. A benchmark, not a test: it never fails on time.
 
+Then, side by side in this process on the same file, the search behind `source-search`: the
+store's ranking (`store.search_page`: scored, ordered and counted in DuckDB, one page and the
+first 500 features back) against the way before it (every hit fetched and scored in Python by
+the same rule, then sorted), alternating, per query word.
+
     .venv/bin/python benchmarks/bench_pages.py [--features 131072] [--requests 40] [--local-umap]
-        [--db PATH (built there if absent)] [--json OUT]
+        [--db PATH (built there if absent)] [--json OUT] [--search-rounds 5]
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ def main() -> None:
     ap.add_argument("--local-umap", action="store_true", help="also store a local UMAP (the map then draws it)")
     ap.add_argument("--db", type=Path, help="a mirror holding the source (written there if absent)")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    ap.add_argument("--search-rounds", type=int, default=5, help="rounds of the side-by-side search timing (0: skip)")
     args = ap.parse_args()
     n = args.features
     print(f"machine: {platform.platform()}, {platform.python_version()}")
@@ -103,13 +109,67 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(10)
+        search_rows = compare_search(db, args.search_rounds) if args.search_rounds else []
     print()
     print(f"{'page kind':16s} {'first ms':>9s} {'p50 ms':>9s} {'p95 ms':>9s} {'p95/300ms':>10s} {'largest':>10s}")
     for kind, r in results.items():
         print(f"{kind:16s} {r['first_ms']:9.1f} {r['p50_ms']:9.1f} {r['p95_ms']:9.1f} {r['ratio_p95_to_goal']:10.2f} "
               f"{r['max_kb']:8.0f} kB")
+    if search_rows:
+        print()
+        print(f"{'search (one source)':20s} {'hits':>8s} {'SQL page ms':>12s} {'all in Python ms':>17s} {'ratio':>7s}")
+        for r in search_rows:
+            print(f"{r['query']:20s} {r['hits']:8,d} {r['sql_ms']:12.1f} {r['python_ms']:17.1f} {r['ratio']:7.3f}")
+        print("ms: median of the rounds; ratio: SQL page / all in Python (lower is better); the same "
+              "page, count and first features from both, checked each round")
     if args.json:
-        args.json.write_text(json.dumps({"features": n, "requests": args.requests, "results": results}, indent=1))
+        args.json.write_text(json.dumps({"features": n, "requests": args.requests, "results": results,
+                                         "search": search_rows}, indent=1))
+
+
+def python_ranking(mirror: Any, query: str, features: int) -> tuple[list[Any], int, list[Any]]:
+    """The way before `search_page`: every candidate back to Python, scored by the same rule, sorted."""
+    from npclient.store.search import ExplanationHit, _Query  # noqa: PLC2701 - the rule's own pieces
+
+    qy = _Query(query, M, [S], False)
+    hits = []
+    with mirror.store.db.connect() as cur:
+        rows = cur.execute('SELECT model_id, source, "index", rank, description, explanation_model_name, type_name '
+                           f"FROM explanations WHERE {' AND '.join(qy.where)}", qy.params).fetchall()
+    for model, source, index, rank, desc, explainer, type_name in rows:
+        score = qy.score(desc)
+        if score > 0:
+            hits.append(ExplanationHit(score, model, source, index, rank, desc, explainer, type_name))
+    hits.sort(key=qy.key)
+    seen, firsts = set(), []
+    for h in hits:
+        if h.index not in seen and len(firsts) < features:
+            seen.add(h.index)
+            firsts.append(h)
+    return hits[:20], len(hits), firsts
+
+
+def compare_search(db: Path, rounds: int) -> list[dict[str, Any]]:
+    import statistics
+
+    from npclient.mirror import Mirror
+
+    out = []
+    with Mirror(db, read_only=True) as mirror:
+        for word in BIG_WORDS[:4]:
+            sql_ms, py_ms, hits = [], [], 0
+            for _ in range(rounds):
+                t = time.perf_counter()
+                page = mirror.store.search_page(word, model_id=M, sources=[S], limit=20, features=500)
+                sql_ms.append((time.perf_counter() - t) * 1e3)
+                t = time.perf_counter()
+                want = python_ranking(mirror, word, 500)
+                py_ms.append((time.perf_counter() - t) * 1e3)
+                assert (page.hits, page.total, page.features) == want, word
+                hits = page.total
+            sql, py = statistics.median(sql_ms), statistics.median(py_ms)
+            out.append({"query": word, "hits": hits, "sql_ms": sql, "python_ms": py, "ratio": sql / py})
+    return out
 
 
 if __name__ == "__main__":

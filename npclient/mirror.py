@@ -163,10 +163,10 @@ class Mirror:
                                      option="limit")
         model_id, sources = _search_scope(source, model)
         try:
-            hits = self.store.search_explanations(query, model_id=model_id, sources=sources, regex=regex)
+            found = self.store.search_page(query, model_id=model_id, sources=sources, regex=regex, limit=limit)
         except duckdb.Error as exc:  # a regular expression RE2 refuses
             raise QueryError(f"the pattern {query!r}: {str(exc).strip().splitlines()[0]}") from None
-        return search_table(hits if limit is None else hits[:limit])
+        return search_table(found.hits)
 
     def neighbors(self, feature: FeatureIdLike, k: int = 10, against: Union[SourceId, str, None] = None, *,
                   device: Optional[str] = None) -> pa.Table:

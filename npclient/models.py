@@ -431,6 +431,9 @@ EXPLANATION_COLUMNS: tuple[Column, ...] = (
     Column("umap_cluster", "INTEGER", "umap_cluster"),
     Column("umap_log_feature_sparsity", "DOUBLE", "umap_log_feature_sparsity"),
     Column("origin", "VARCHAR NOT NULL"),
+    # The description's number of distinct search words (store/search.py: NULL unless ASCII), so
+    # keyword search ranks and counts in SQL and returns a page, not every hit.
+    Column("n_words", "INTEGER"),
 )
 
 #: table -> its columns, in order: THE map.

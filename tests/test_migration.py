@@ -1,5 +1,6 @@
-"""Schema v1 -> v2 on a mirror the old code really wrote (tests/fixtures/mirror_v1, written by
-np-mirror at 92be9e0 with DuckDB 2.0.1): every row kept, duplicates of one explanation folded."""
+"""Schema v1 -> v2 -> v3 on a mirror the old code really wrote (tests/fixtures/mirror_v1, written
+by np-mirror at 92be9e0 with DuckDB 2.0.1): every row kept, duplicates of one explanation folded,
+each explanation's search word count filled in (v3)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from npclient.mirror import Mirror
 from npclient.store import schema
 from npclient.store.database import Database
+from npclient.store.words import word_count
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mirror_v1" / "mirror.duckdb.gz"
 V1_TABLES = ("features", "activations", "explanations", "raw_chunks", "sources", "models", "sync_runs", "failures",
@@ -55,13 +57,13 @@ def v1(tmp_path):
     return path, before
 
 
-def test_v1_mirror_migrates_to_v2_keeping_every_row(v1):
+def test_v1_mirror_migrates_to_the_current_schema_keeping_every_row(v1):
     path, before = v1
     with Mirror(path) as mirror:  # any use of the file migrates it
         mirror.status()
     con = duckdb.connect(str(path), read_only=True)
     try:
-        assert schema.current_version(con) == schema.SCHEMA_VERSION == 2
+        assert schema.current_version(con) == schema.SCHEMA_VERSION == 3
         tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         assert set(schema.MIRROR_TABLES) <= tables
         for table in V1_TABLES:
@@ -94,6 +96,10 @@ def test_v1_mirror_migrates_to_v2_keeping_every_row(v1):
                            "HAVING count(*) > 1)").fetchall()[0][0] == 0
         non_export = [r for r in kept if r[origin] != "export"]
         assert sorted(non_export, key=repr) == sorted((r for r in deduped if r[origin] != "export"), key=repr)
+        # v3: the search's word count, as the writer computes it for new rows
+        counted = con.execute("SELECT description, n_words FROM explanations").fetchall()
+        assert counted and all(n == word_count(d) for d, n in counted)
+        assert any(n is not None for _, n in counted)
     finally:
         con.close()
     con = duckdb.connect(str(path))
@@ -139,7 +145,7 @@ def test_a_migration_cut_between_its_transactions_is_finished_next_time(v1):
     con.close()
     db = Database(path)
     with db.connect() as cur:
-        assert schema.current_version(cur) == 2
+        assert schema.current_version(cur) == schema.SCHEMA_VERSION
         n = cur.execute("SELECT count(*) FROM explanations").fetchall()[0][0]
     db.close()
     assert n == len(before["explanations"][1]) - 1

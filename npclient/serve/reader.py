@@ -346,9 +346,10 @@ class MirrorReader:
         result carries its feature as `neuron` (the POST /api/features item with 3 top
         activations), as Neuronpedia's search does, unless `neurons` is false.
         """
-        hits = self.mirror.store.search_explanations(query, model_id=model_id, sources=layers, regex=regex)
+        found = self.mirror.store.search_page(query, model_id=model_id, sources=layers, regex=regex,
+                                              offset=offset, limit=wire.SEARCH_PAGE)
         results = []
-        for hit in hits[offset: offset + wire.SEARCH_PAGE]:
+        for hit in found.hits:
             result: dict[str, Any] = {
                 "modelId": model_id,
                 "layer": hit.source,
@@ -363,7 +364,7 @@ class MirrorReader:
                 if neuron is not None:  # Neuronpedia leaves the key out when the feature is missing
                     result["neuron"] = neuron
             results.append(result)
-        return results, len(hits)
+        return results, found.total
 
     # ---- decoder rows --------------------------------------------------------------------
     def decoder_row(self, model_id: str, source_id: str, index: int) -> Optional[dict[str, Any]]:
@@ -452,16 +453,11 @@ class PageReads:
     def search(self, model_id: str, source_id: str, query: str, limit: int) -> tuple[list[dict[str, Any]], int, list[tuple[int, str]]]:
         """One run of the shared ranking (`store.search`): (the best `wire.SEARCH_PAGE` explanations,
         how many matched, (index, description) of the first `limit` features hit, best first)."""
-        found = self.rd.mirror.store.search_explanations(query, model_id=model_id, sources=[source_id])
+        found = self.rd.mirror.store.search_page(query, model_id=model_id, sources=[source_id],
+                                                 limit=wire.SEARCH_PAGE, features=limit)
         page = [{"layer": h.source, "index": h.index, "description": h.description or "",
-                 "cosine_similarity": round(h.score, 6)} for h in found[:wire.SEARCH_PAGE]]
-        seen: dict[int, str] = {}
-        for hit in found:
-            if hit.index not in seen:
-                seen[hit.index] = hit.description or ""
-                if len(seen) >= limit:
-                    break
-        return page, len(found), list(seen.items())
+                 "cosine_similarity": round(h.score, 6)} for h in found.hits]
+        return page, found.total, [(h.index, h.description or "") for h in found.features]
 
     def explanation_rows(self, model_id: str, source_id: str, index: int) -> list[dict[str, Any]]:
         return self.rd.rows("SELECT description, explanation_model_name, type_name, scores FROM explanations "

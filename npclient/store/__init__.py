@@ -84,6 +84,14 @@ class Store:
         """Every explanation matching `query`, best first (`store/search.py`: the one ranking)."""
         return search.rank_explanations(self.db, query, model_id=model_id, sources=sources, regex=regex)
 
+    def search_page(self, query: str, *, model_id: Optional[str] = None, sources: Optional[Sequence[str]] = None,
+                    regex: bool = False, offset: int = 0, limit: Optional[int] = None,
+                    features: int = 0) -> search.SearchPage:
+        """A page of that ranking, the count of all hits, and the first `features` features hit:
+        ranked and counted in DuckDB, so a common word in a 1M-feature source returns 20 rows, not all."""
+        return search.search_page(self.db, query, model_id=model_id, sources=sources, regex=regex, offset=offset,
+                                  limit=limit, features=features)
+
     def with_explanations(self, sid: Any, table: Any, column: str, name: str) -> Any:
         """Arrow `table` (ordered by its `rowid_`) plus the top explanation of the feature whose
         index is in `column` of source `sid` (null when unknown)."""

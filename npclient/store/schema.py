@@ -13,8 +13,9 @@ from collections.abc import Callable
 import duckdb
 
 from ..models import TABLE_COLUMNS
+from .words import N_WORDS_SQL
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: In a migration's statement list: commit what came before and go on in a new transaction.
 #: DuckDB cannot build a unique index in the transaction that rewrote the indexed rows.
 COMMIT_POINT = "-- commit"
@@ -189,10 +190,17 @@ _V2 = [
     "CREATE UNIQUE INDEX IF NOT EXISTS explanations_by_id ON explanations (explanation_id)",
 ]
 
-#: version -> statements that bring the previous version to it.
-MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2}
+# v3: each explanation's number of distinct search words, so keyword search ranks in SQL
+# (store/search.py); computed here for the rows an older version stored.
+_V3 = [
+    "ALTER TABLE explanations ADD COLUMN IF NOT EXISTS n_words INTEGER",
+    "UPDATE explanations SET n_words = " + N_WORDS_SQL.format(d="description") + " WHERE n_words IS NULL",
+]
 
-#: Tables a mirror has (schema v2).
+#: version -> statements that bring the previous version to it.
+MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2, 3: _V3}
+
+#: Tables a mirror has (schema v2 and after).
 MIRROR_TABLES = (
     "features", "activations", "explanations", "raw_chunks", "sources", "source_sets", "models", "sync_runs",
     "failures", "export_files", "weights", "neighbors", "matches", "coordinates", "clusters", "head_features",

@@ -22,6 +22,7 @@ from ..models import TABLE_COLUMNS, Activation, Explanation, Feature
 from . import rawblob
 from .database import Database
 from .schema import COLUMNS
+from .words import word_count
 
 __all__ = ["FeatureRow", "FailureRow", "write_batch", "feature_key", "arrow_schema", "PARTS"]
 
@@ -148,7 +149,8 @@ def build_tables(rows: Sequence[FeatureRow], parts: Iterable[str], run_id: Optio
         if "activations" in parts:  # Feature.activations is already ranked top-first
             acts.extend({**_payload_row(a, "activations"), **base, "rank": rank} for rank, a in enumerate(f.activations))
         if "explanations" in parts:
-            expls.extend({**_payload_row(e, "explanations"), **base, "rank": rank} for rank, e in enumerate(f.explanations))
+            expls.extend({**_payload_row(e, "explanations"), **base, "rank": rank, "n_words": word_count(e.description)}
+                         for rank, e in enumerate(f.explanations))
         body = f.raw_json
         dropped = [p for p in ("activations", "explanations") if p not in parts]
         if dropped:
