@@ -245,7 +245,7 @@ def test_sql_help_lists_every_table_of_the_mirror(capsys):
     ("show", "MODEL/SOURCE/INDEX"), ("fetch", "MODEL/SOURCE/INDEX"), ("sources", "[MODEL]"),
     ("neighbors", "MODEL/SOURCE/INDEX"), ("sync", "MODEL/SOURCE|MODEL/SET"), ("export", "[MODEL/SOURCE]..."),
     ("import", "[PATH] [MODEL/SOURCE]..."), ("weights add", "MODEL/SOURCE"), ("geometry allpairs", "MODEL/SOURCE"),
-    ("geometry match", "MODEL/SOURCE} {MODEL/SOURCE"), ("geometry pca", "MODEL/SOURCE"),
+    ("geometry match", "[MODEL/SOURCE] [MODEL/SOURCE]"), ("geometry pca", "MODEL/SOURCE"),
     ("geometry umap", "MODEL/SOURCE"), ("geometry cluster", "MODEL/SOURCE"), ("geometry nullspace", "MODEL/SOURCE"),
 ])
 def test_id_arguments_name_their_shape(capsys, command, metavar):

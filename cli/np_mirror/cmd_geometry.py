@@ -109,52 +109,148 @@ def neighbors(
     rows_out(table.to_pylist(), fmt, ["rank", "index", "cosine", "explanation"])
 
 
+EngineOpt = Annotated[Engine, typer.Option("--engine", help="local: this process; ray: resident actors on a Ray cluster "
+                                           "(pip install 'np-mirror[ray]'), one per GPU, else one per CPU.")]
+AddressOpt = Annotated[Optional[str], typer.Option("--address", help="The Ray cluster: auto (the one running on this "
+                                                   "machine) or its HOST:PORT; default: a new local cluster.",
+                                                   show_default=False)]
+SUMMARY = ["source", "rows", "units_written", "units_skipped", "seconds"]
+
+
+def _outcome_row(o) -> dict:  # noqa: ANN001 - an AllPairsOutcome
+    return {"source": str(o.source), "rows": o.rows, "units_written": o.units_written if o.dataset else None,
+            "units_skipped": o.units_skipped if o.dataset else None, "seconds": round(o.seconds, 3)}
+
+
+def _outcome_line(o) -> str:  # noqa: ANN001 - an AllPairsOutcome
+    where = (f"{o.units_written} units written, {o.units_skipped} already committed in {o.dataset}" if o.dataset
+             else "table neighbors")
+    return f"{o.source}: {o.rows:,} rows ({where}) in {o.seconds:.2f} s"
+
+
 @geometry_app.command("allpairs")
 def allpairs(
-    source: Annotated[str, typer.Argument(metavar="MODEL/SOURCE", help="Source, e.g. gpt2-small/7-res-jb.", show_default=False)],
+    source: Annotated[Optional[str], typer.Argument(metavar="MODEL/SOURCE", help="Source, e.g. gpt2-small/7-res-jb "
+                                                    "(or --all-with-weights).", show_default=False)] = None,
     k: Annotated[int, typer.Option("-k", min=1, help="Neighbours per feature (self first).")] = 25,
     db: DbOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = Dtype.float32,
     fmt: FormatOpt = Format.table,
     limit: LimitOpt = 30,
-    engine: Annotated[Engine, typer.Option("--engine", help="local: this process; ray: actors on a Ray cluster "
-                                           "(pip install 'np-mirror[ray]'), one per GPU, else one per CPU.")] = Engine.local,
-    address: Annotated[Optional[str], typer.Option("--address", help="The Ray cluster: auto (the one running on this "
-                                                    "machine) or its HOST:PORT; default: a new local cluster.",
-                                                    show_default=False)] = None,
+    engine: EngineOpt = Engine.local,
+    address: AddressOpt = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Write the neighbours into this shared Parquet "
+                                                   "dataset (folder or s3://BUCKET/PREFIX) as `neighbors` units with "
+                                                   "commit markers, instead of the mirror's table.",
+                                                   show_default=False)] = None,
+    unit_features: Annotated[int, typer.Option("--unit-features", min=1, help="With --dataset: feature rows per unit "
+                                               "(one file and one marker each).")] = 4096,
+    all_with_weights: Annotated[bool, typer.Option("--all-with-weights", help="Every source of the mirror with "
+                                                   "attached weights, one after another (on the same cluster with "
+                                                   "--engine ray); prints a line per source and a summary.")] = False,
 ) -> None:
-    """Every feature's k nearest neighbours, stored in the `neighbors` table; the first rows are printed."""
-    from npclient.geometry import api
+    """Every feature's k nearest neighbours, stored in the `neighbors` table (or --dataset); the first rows are printed.
 
+    Both engines give the same result (at the same --dtype: bfloat16/float16 select in low
+    precision and rescore in float32). With --dataset the mirror is only read (its attached
+    decoders): each unit is DATASET/neighbors/model=M/source=S/part-START-STOP.parquet (index,
+    rank, neighbor_index, cosine), its marker recording k, dtype and the decoder's identity; a
+    rerun skips committed units and rewrites any other in the same place.
+    """
+    from npclient.errors import InvalidOptionError
+    from npclient.geometry import jobs
+
+    if all_with_weights and source is not None:
+        raise InvalidOptionError("name a source or ask for all sources with weights, not both", option="all_with_weights")
+    if not all_with_weights and source is None:
+        raise InvalidOptionError("name a source (MODEL/SOURCE), or ask for all sources with weights",
+                                 option="all_with_weights")
+    jobs.check_engine(engine.value, device=device, address=address)
     _check_device(device)
-    with open_mirror(db, read_only=False) as mirror:
+    loc = None
+    if dataset is not None:
+        from npclient.dataset import open_location
+
+        loc = open_location(dataset)
+    options = dict(engine=engine.value, device=device, dtype=dtype.value, address=address, dataset=loc,
+                   unit_features=unit_features)
+    with open_mirror(db, read_only=loc is not None) as mirror:
+        if all_with_weights:
+            outcomes = jobs.all_pairs_with_weights(mirror, k, on_source=lambda o: hint(_outcome_line(o)), **options)
+            total = sum(o.rows for o in outcomes)
+            hint(f"{len(outcomes)} sources, {total:,} rows, {sum(o.seconds for o in outcomes):.2f} s"
+                 + (f" (job {outcomes[0].job_id})" if loc is not None else ""))
+            rows_out([_outcome_row(o) for o in outcomes], fmt, SUMMARY)
+            return
         with _Bar("all pairs") as bar:
-            rows = api.all_pairs(mirror, source, k, device=device, dtype=dtype.value, progress=bar,
-                                 engine=engine.value, address=address)
+            outcome = jobs.all_pairs(mirror, source, k, progress=bar, **options)
+        if loc is not None:
+            hint(_outcome_line(outcome) + f" (job {outcome.job_id})")
+            rows_out([_outcome_row(outcome)], fmt, SUMMARY)
+            return
+        from npclient.geometry import api
+
         table = api.stored_neighbors(mirror, source, limit=limit or None)
-    hint(f"{rows:,} rows in table neighbors for {source}; e.g. np-mirror sql \"SELECT * FROM neighbors n JOIN features f ON ...\"")
+    hint(f"{outcome.rows:,} rows in table neighbors for {source}; e.g. np-mirror sql \"SELECT * FROM neighbors n JOIN features f ON ...\"")
     rows_out(table.to_pylist(), fmt, ["index", "explanation", "rank", "neighbor_index", "neighbor_explanation", "cosine"])
 
 
 @geometry_app.command("match")
 def match(
-    source_a: Annotated[str, typer.Argument(metavar="MODEL/SOURCE", help="Source whose features are matched.", show_default=False)],
-    source_b: Annotated[str, typer.Argument(metavar="MODEL/SOURCE", help="Source searched (e.g. a wider SAE of the same layer).", show_default=False)],
+    source_a: Annotated[Optional[str], typer.Argument(metavar="MODEL/SOURCE", help="Source whose features are matched.", show_default=False)] = None,
+    source_b: Annotated[Optional[str], typer.Argument(metavar="MODEL/SOURCE", help="Source searched (e.g. a wider SAE of the same layer).", show_default=False)] = None,
     k: Annotated[int, typer.Option("-k", min=1, help="Matches per feature.")] = 1,
     db: DbOpt = None,
     fmt: FormatOpt = Format.table,
     limit: Annotated[int, typer.Option("--limit", min=0, help="Rows printed (0: all); every match is stored in `matches`.")] = 30,
     device: DeviceOpt = None,
+    pairs: Annotated[Optional[str], typer.Option("--pairs", help="Many pairs instead of A B: A1:B1,A2:B2 (each "
+                                                 "MODEL/SOURCE), e.g. layer 6 against 7, 16k width against 65k.",
+                                                 show_default=False)] = None,
+    adjacent: Annotated[Optional[str], typer.Option("--adjacent", metavar="MODEL", help="Many pairs: every two "
+                                                    "sources of MODEL with weights on adjacent layers of one set "
+                                                    "(6-res-jb:7-res-jb, 7-res-jb:8-res-jb, ...).",
+                                                    show_default=False)] = None,
+    engine: EngineOpt = Engine.local,
+    address: AddressOpt = None,
 ) -> None:
-    """For each feature of A its best decoder matches in B: feature splitting across widths."""
-    from npclient.geometry import api
+    """For each feature of A its best decoder matches in B: feature splitting across widths.
 
+    One pair (A B, local engine) prints the matches with both explanations. Many pairs
+    (--pairs or --adjacent), or --engine ray (each pair one call on the cluster's resident
+    workers, its result the local one), print one line per pair; every match is stored in
+    `matches` (`np-mirror sql "SELECT * FROM matches WHERE against = 'MODEL/SOURCE'"`).
+    """
+    from npclient.errors import InvalidOptionError
+    from npclient.geometry import api, jobs
+
+    given = sum(x is not None for x in (pairs, adjacent)) + (source_a is not None)
+    if given != 1 or (source_a is not None) != (source_b is not None):
+        raise InvalidOptionError("give two sources A B, or --pairs A1:B1,..., or --adjacent MODEL (one of them)",
+                                 option="pairs")
+    jobs.check_engine(engine.value, device=device, address=address)
     _check_device(device)
-    with open_mirror(db, read_only=False) as mirror, _Bar("matching") as bar:
-        table = api.match(mirror, source_a, source_b, k, device=device, progress=bar)
-    rows = table.to_pylist()
-    rows_out(rows[:limit] if limit else rows, fmt, ["index", "explanation", "rank", "match_index", "match_explanation", "cosine"])
+    chosen = jobs.parse_pairs(pairs) if pairs is not None else None
+    with open_mirror(db, read_only=False) as mirror:
+        if adjacent is not None:
+            chosen = jobs.adjacent_layer_pairs(mirror, adjacent)
+        if chosen is None and engine is Engine.local:
+            with _Bar("matching") as bar:
+                table = api.match(mirror, source_a, source_b, k, device=device, progress=bar)
+            rows = table.to_pylist()
+            rows_out(rows[:limit] if limit else rows, fmt, ["index", "explanation", "rank", "match_index", "match_explanation", "cosine"])
+            return
+        chosen = chosen if chosen is not None else [(source_a, source_b)]
+
+        def line(o) -> None:  # noqa: ANN001 - a MatchOutcome
+            mean = "n/a" if o.mean_top_cosine is None else f"{o.mean_top_cosine:.4f}"
+            hint(f"{o.source} -> {o.against}: {o.rows:,} rows in matches, mean best cosine {mean}")
+
+        outcomes = jobs.match_pairs(mirror, chosen, k, engine=engine.value, device=device, address=address, on_pair=line)
+    hint(f"{len(outcomes)} pairs, {sum(o.rows for o in outcomes):,} rows in table matches")
+    rows_out([{"source": str(o.source), "against": str(o.against), "rows": o.rows, "mean_top_cosine": o.mean_top_cosine}
+              for o in outcomes], fmt, ["source", "against", "rows", "mean_top_cosine"])
 
 
 @geometry_app.command("nullspace")

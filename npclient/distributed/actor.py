@@ -17,6 +17,7 @@ from typing import Any, Optional
 import torch
 
 from .. import faults
+from ..geometry.device import resolve_dtype
 from ..geometry.heap_kernel import _numba_scan
 from .pairs import Pair, Partial, run_tile
 
@@ -41,6 +42,7 @@ class PairWorker:
         self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
         self.key: Any = None
         self.U = torch.empty(0)
+        self.low: Optional[torch.Tensor] = None  # U in the job's low-precision dtype, made once per job
         # warm the kernels (numba's first call) here, at start-up, not in the first tile
         warm = torch.nn.functional.normalize(torch.ones(8, 4, device=self.device) + torch.eye(8, 4, device=self.device), dim=1)
         run_tile(warm, [(0, 0)], 8, 2, heap=self.heap)
@@ -49,26 +51,53 @@ class PairWorker:
         return {"pid": os.getpid(), "device": str(self.device), "restarted": self.restarted}
 
     def run(self, U_box: list, key: Any, k: int, block: int, pairs: list[Pair],
-            fault: Optional[str] = None) -> tuple[Partial, dict[str, Any]]:
+            fault: Optional[str] = None, dtype: str = "float32") -> tuple[Partial, dict[str, Any]]:
         """The partial top-k of tile `pairs` of the decoder in `U_box` ([ObjectRef]; job `key`).
-        `fault`: the driver's NP_MIRROR_FAULT, set here for `faults.point`."""
-        if fault != os.environ.get(faults.ENV):
-            if fault:
-                os.environ[faults.ENV] = fault
-            else:
-                os.environ.pop(faults.ENV, None)
+        `fault`: the driver's NP_MIRROR_FAULT, set here for `faults.point`. `dtype`: the matmul
+        dtype (bfloat16/float16 select with the torch dense path, as the local engine does)."""
+        _set_fault(fault)
         t0 = time.perf_counter()
         if key != self.key:
             import ray
 
-            self.U = torch.empty(0)
+            self.U, self.low = torch.empty(0), None
             self.U = torch.tensor(ray.get(U_box[0]), dtype=torch.float32, device=self.device)  # one copy, resident
             self.key = key
+        dt = resolve_dtype(dtype, self.device)
+        if dt != torch.float32 and (self.low is None or self.low.dtype != dt):
+            self.low = self.U.to(dt)
         on_pair = None if self.restarted else (lambda: faults.point(FAULT_POINT))
         t1 = time.perf_counter()
-        part = run_tile(self.U, pairs, int(block), int(k), heap=self.heap, on_pair=on_pair)
+        if dt == torch.float32:
+            part = run_tile(self.U, pairs, int(block), int(k), heap=self.heap, on_pair=on_pair)
+        else:
+            part = run_tile(self.low, pairs, int(block), int(k), heap=False, on_pair=on_pair)
         return part, {**self.ready(), "load_s": t1 - t0, "tile_s": time.perf_counter() - t1}
+
+    def match(self, boxes: list, k: int, fault: Optional[str] = None) -> tuple[Any, Any, dict[str, Any]]:
+        """`topk_cosine(A, B, k)` of the decoders in `boxes` ([ObjectRef A, ObjectRef B]) on this
+        worker's device: one cross-source match, exactly what the local `match` runs."""
+        import ray
+
+        from ..geometry.topk import topk_cosine
+
+        _set_fault(fault)
+        t0 = time.perf_counter()
+        WA, WB = ray.get(boxes[0]), ray.get(boxes[1])
+        if not self.restarted:
+            faults.point(FAULT_POINT)
+        found = topk_cosine(WA, WB, int(k), device=self.device)
+        return found.values.numpy(), found.indices.numpy(), {**self.ready(), "tile_s": time.perf_counter() - t0}
 
     def release(self) -> None:
         """Drop the resident decoder (the worker stays up for the next job)."""
-        self.U, self.key = torch.empty(0), None
+        self.U, self.low, self.key = torch.empty(0), None, None
+
+
+def _set_fault(fault: Optional[str]) -> None:
+    """The driver's NP_MIRROR_FAULT, made this worker's (kill tests)."""
+    if fault != os.environ.get(faults.ENV):
+        if fault:
+            os.environ[faults.ENV] = fault
+        else:
+            os.environ.pop(faults.ENV, None)

@@ -18,10 +18,10 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..errors import InvalidOptionError, NPError
-from ..geometry.blocks import _fill, _n_rows, default_block_rows
-from ..geometry.device import as_float32, normalize_rows
-from ..geometry.merge import _NEG, TopK
-from .cluster import connect, fault_spec, resources
+from ..geometry.blocks import _fill, _n_rows, _rescore, default_block_rows
+from ..geometry.device import DTypeLike, as_float32, normalize_rows, resolve_dtype
+from ..geometry.merge import _NEG, TopK, _sort_rows
+from .cluster import actor_shape, connect, fault_spec
 from .pairs import block_pairs, merge_partials, tiles
 from .pool import forget, workers
 
@@ -56,6 +56,7 @@ def ray_allpairs(
     num_gpus_per_actor: Optional[float] = None,
     block_rows: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
+    dtype: DTypeLike = None,
 ) -> TopK:
     """`all_pairs_topk(W, k)` computed by Ray actors: every row itself first, then its k-1
     most cosine-similar other rows (Neuronpedia's `topkCosSim` layout; see `all_pairs_topk`).
@@ -64,8 +65,12 @@ def ray_allpairs(
     the running one). `num_gpus_per_actor`: GPUs each actor holds (default 1 where the
     cluster has GPUs; 0 for CPU actors). `block_rows`: rows per block (default: a GPU's
     when actors hold GPUs, else a CPU's). `progress(done, total)` counts block pairs.
-    Float32; returns CPU tensors.
+    `dtype`: the matmul dtype, as `all_pairs_topk` takes it: bfloat16/float16 select on the
+    low-precision products block by block (the torch dense path, as the local engine at that
+    dtype), then the chosen neighbours are rescored in float32, so values are exact cosines and
+    equal the local engine's at the same dtype and block size. Returns CPU tensors.
     """
+    dt = resolve_dtype(dtype, "cpu")  # the name checked here; the actors resolve it on their devices
     n, d = _n_rows(W)
     if k < 0:
         raise InvalidOptionError(f"k must be >= 0, got {k}", option="k")
@@ -84,7 +89,10 @@ def ray_allpairs(
     kv = min(width, max(nv - 1, 0))
     if kv > 0:
         U = (un[vid] if nv < n else un).contiguous()
-        vals, idx = _distributed(U, kv, address, num_gpus_per_actor, block_rows, progress)
+        vals, idx = _distributed(U, kv, address, num_gpus_per_actor, block_rows, progress, dt)
+        if dt != torch.float32:  # exact float32 cosines of the chosen neighbours, as all_pairs_topk
+            vals = torch.where(vals == _NEG, _NEG, _rescore(U, idx, lambda ii: U[ii]))
+            vals, idx = _sort_rows(vals, idx)
         idx = torch.where(idx >= 0, vid[idx.clamp_min(0)], idx)
     else:
         if progress is not None:
@@ -104,17 +112,14 @@ def ray_allpairs(
 
 
 def _distributed(U: torch.Tensor, k: int, address: Optional[str], gpus: Optional[float], block_rows: Optional[int],
-                 progress: Optional[Callable[[int, int], None]]) -> tuple[torch.Tensor, torch.Tensor]:
+                 progress: Optional[Callable[[int, int], None]],
+                 dt: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """Sorted top-k (self excluded, valid-row ids) of every row of unit-row matrix U, on Ray."""
     ray = connect(address)
-    n_cpus, n_gpus = resources(ray)
-    per = (1.0 if n_gpus >= 1 else 0.0) if gpus is None else float(gpus)
-    if per > 0 and n_gpus < per:
-        raise InvalidOptionError(f"actors of {per:g} GPU each, but the cluster has {n_gpus:g} GPUs",
-                                 option="num_gpus_per_actor")
-    n_actors = int(n_gpus // per) if per > 0 else max(1, n_cpus)
+    per, n_actors = actor_shape(ray, gpus)
     nv, d = U.shape
-    block = int(block_rows) if block_rows else default_block_rows(torch.device("cuda" if per > 0 else "cpu"), d)
+    block = int(block_rows) if block_rows else default_block_rows(torch.device("cuda" if per > 0 else "cpu"), d, dt)
+    dname = str(dt).removeprefix("torch.")
     n_blocks = -(-nv // block)
     work = tiles(n_blocks, n_actors)
     total_pairs = len(block_pairs(n_blocks))
@@ -132,7 +137,7 @@ def _distributed(U: torch.Tensor, k: int, address: Optional[str], gpus: Optional
         for a in actors:
             if pending:
                 tile = pending.pop()
-                running[a.run.remote(box, key, k, block, tile, fault)] = (a, tile)
+                running[a.run.remote(box, key, k, block, tile, fault, dname)] = (a, tile)
         done_pairs = 0
         while running:
             ready, _ = ray.wait(list(running), num_returns=1)
@@ -149,7 +154,7 @@ def _distributed(U: torch.Tensor, k: int, address: Optional[str], gpus: Optional
                 progress(done_pairs, total_pairs)
             if pending:
                 nxt = pending.pop()
-                running[a.run.remote(box, key, k, block, nxt, fault)] = (a, nxt)
+                running[a.run.remote(box, key, k, block, nxt, fault, dname)] = (a, nxt)
         ray.get([a.release.remote() for a in actors])
     except ray.exceptions.RayError as e:
         forget(ray, per, n_actors)

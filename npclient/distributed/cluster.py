@@ -8,7 +8,7 @@ from typing import Any, Optional
 from ..errors import InvalidOptionError
 from ..faults import ENV as FAULT_ENV
 
-__all__ = ["connect", "fault_spec", "resources"]
+__all__ = ["actor_shape", "connect", "fault_spec", "resources"]
 
 
 def connect(address: Optional[str] = None) -> Any:
@@ -42,3 +42,14 @@ def resources(ray: Any) -> tuple[int, float]:
 def fault_spec() -> Optional[str]:
     """The driver's NP_MIRROR_FAULT, handed to the workers with each task (kill tests)."""
     return os.environ.get(FAULT_ENV) or None
+
+
+def actor_shape(ray: Any, gpus: Optional[float] = None) -> tuple[float, int]:
+    """(GPUs per actor, actors): one actor per `gpus` GPUs (default 1 where the cluster has
+    GPUs), else one CPU actor per CPU. More GPUs per actor than the cluster has is bad input."""
+    n_cpus, n_gpus = resources(ray)
+    per = (1.0 if n_gpus >= 1 else 0.0) if gpus is None else float(gpus)
+    if per > 0 and n_gpus < per:
+        raise InvalidOptionError(f"actors of {per:g} GPU each, but the cluster has {n_gpus:g} GPUs",
+                                 option="num_gpus_per_actor")
+    return per, (int(n_gpus // per) if per > 0 else max(1, n_cpus))

@@ -67,7 +67,14 @@ def run_tile(U: torch.Tensor, pairs: list[Pair], block: int, k: int, *, heap: bo
              on_pair: Optional[Callable[[], None]] = None) -> Partial:
     """The partial top-k (self excluded) of the rows in `pairs`' blocks over those block pairs
     of unit-row matrix U (all rows valid). `heap`: the numba heap scan (CPU, float32), else the
-    torch dense selection on U's device. `on_pair()` is called after each pair."""
+    torch dense selection on U's device. `on_pair()` is called after each pair.
+
+    U in bfloat16/float16 selects on the low-precision products, block by block exactly as
+    `all_pairs_topk` does at that dtype (the same GEMM shapes, so the same products); the
+    values are those products, which the driver rescores in float32 after the merge."""
+    low = U.dtype != torch.float32
+    if low and heap:
+        raise ValueError("the heap scan runs on float32 rows only")
     nv = U.shape[0]
     touched = sorted({b for p in pairs for b in p})
     spans = {b: (b * block, min(b * block + block, nv)) for b in touched}
@@ -87,10 +94,13 @@ def run_tile(U: torch.Tensor, pairs: list[Pair], block: int, k: int, *, heap: bo
         if heap:
             heap_pair(U, sbuf, h, r0, r1, c0, c1, row_off=off[bi], col_off=off[bj])
         else:  # a diagonal block whole (its diagonal masked) feeds its rows
-            dense_pair(run, U[r0:r1] @ U[c0:c1].T, r0, c0, diag=bi == bj, row_off=off[bi], col_off=off[bj])
+            S = U[r0:r1] @ U[c0:c1].T
+            if low and S.device.type == "cpu":
+                S = S.float()  # as `symmetric._symmetric` does on a CPU
+            dense_pair(run, S, r0, c0, diag=bi == bj, row_off=off[bi], col_off=off[bj])
         if on_pair is not None:
             on_pair()
-    vals, idx = h.result() if heap else (run.vals.cpu(), run.idx.cpu())
+    vals, idx = h.result() if heap else (run.vals.float().cpu(), run.idx.cpu())
     return Partial(rows, vals.numpy(), idx.numpy())
 
 

@@ -121,35 +121,17 @@ def neighbors(mirror: "Mirror", feature: FeatureIdLike, k: int = 10, *, against:
     }))
 
 
-ENGINES = ("local", "ray")
-
 
 def all_pairs(mirror: "Mirror", source: SourceLike, k: int = 25, *, device: Any = None, dtype: Any = None,
               progress: Progress = None, engine: str = "local", address: Optional[str] = None) -> int:
     """Every feature's k nearest neighbours (self first), stored in `neighbors`; returns rows written.
 
     `engine`: "local" (`all_pairs_topk` in this process) or "ray" (`npclient.distributed.ray_allpairs`
-    on the Ray cluster at `address`; float32, the actors pick their own devices). Both store the
-    same table the same way."""
-    if engine not in ENGINES:
-        raise InvalidOptionError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}", option="engine")
-    sid = _sid(source)
-    if engine == "ray":
-        if device is not None:
-            raise InvalidOptionError("the ray engine places its work on the cluster's GPUs or CPUs itself; "
-                                     "a device applies to the local engine", option="device")
-        if dtype is not None and str(dtype).replace("torch.", "") != "float32":
-            raise InvalidOptionError(f"the ray engine computes in float32, not {dtype}", option="dtype")
-        from ..distributed import ray_allpairs
+    on the Ray cluster at `address`; the actors pick their own devices). Both store the same table
+    the same way (`geometry/jobs.py`, which also writes dataset units and runs many sources)."""
+    from .jobs import all_pairs as run
 
-        found = ray_allpairs(_decoder(mirror, sid, "cpu"), k, address=address, progress=progress)
-    else:
-        if address is not None:
-            raise InvalidOptionError("a cluster address applies to the ray engine only", option="address")
-        from .symmetric import all_pairs_topk
-
-        found = all_pairs_topk(_decoder(mirror, sid, device), k, device=device, dtype=dtype, progress=progress)
-    return mirror.store.save_neighbors(sid, found.values.numpy(), found.indices.numpy())
+    return run(mirror, source, k, device=device, dtype=dtype, progress=progress, engine=engine, address=address).rows
 
 
 def stored_neighbors(mirror: "Mirror", source: SourceLike, *, limit: Optional[int] = None) -> pa.Table:
