@@ -138,3 +138,23 @@ def test_n_words_is_stored_for_ascii_descriptions_only(mirror):
     for r in rows:
         text = r["description"]
         assert r["n_words"] == (len(wire.words(text)) if text.isascii() else None), text
+
+
+def test_imported_explanations_carry_their_word_count_and_rank_as_fetched_ones(tmp_path):
+    """The importer's typed reader fills n_words by the same rule as the writer (so an imported
+    source is ranked in SQL too), and the search over it equals the rule scored in Python."""
+    from npclient.testing import EmulatorConfig, EmulatorState, SourceSpec
+    from npclient.testing.emulator.exports import ExportQuirks, write_export
+
+    state = EmulatorState(EmulatorConfig(sources=(SourceSpec("gpt2-small", "0-res-jb", d_sae=64),),
+                                         n_activations=(1, 2), tokens_per_activation=(4, 6)))
+    write_export(state, tmp_path / "dump", quirks=ExportQuirks(non_source_folders=False), compresslevel=1)
+    m = Mirror(tmp_path / "m.duckdb", linger_s=0)
+    m.import_(tmp_path / "dump")
+    rows = m.store.rows("SELECT description, n_words FROM explanations")
+    assert rows and any(r["n_words"] is not None for r in rows)
+    assert all(r["n_words"] == (len(wire.words(r["description"])) if r["description"].isascii() else None) for r in rows)
+    for query in ("the", "days of the week", rows[0]["description"]):
+        want = _oracle(m, query, model_id="gpt2-small", sources=["0-res-jb"])
+        got = m.store.search_page(query, model_id="gpt2-small", sources=["0-res-jb"], limit=20)
+        assert _got(got.hits) == want[:20] and got.total == len(want)

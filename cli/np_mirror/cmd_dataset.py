@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import enum
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .common import open_mirror
+from .common import check_client_options, open_mirror
 from .errors import EXIT_FAILURES
-from .options import DbOpt, Format, FormatOpt
+from .options import BaseUrlOpt, ConcurrencyOpt, DbOpt, Format, FormatOpt, RateOpt
 from .output import hint, rows_out
 
 dataset_app = typer.Typer(help="The shared, hive-partitioned Parquet dataset: write, check, read in place.",
@@ -102,3 +104,63 @@ def sweep(dataset: DatasetArg) -> None:
 
     removed = dataset_sweep(open_location(dataset))
     hint(f"{len(removed)} stale temp files removed")
+
+
+class SyncEngine(str, enum.Enum):
+    """Where a dataset sync runs its units of work: this process, or a Ray cluster."""
+
+    local = "local"
+    ray = "ray"
+
+
+@dataset_app.command("sync")
+def sync(
+    dataset: DatasetArg,
+    ids: Annotated[Optional[list[str]], typer.Argument(metavar="MODEL/SOURCE", help="Sources whose exports to convert.", show_default=False)] = None,
+    all_sources: Annotated[bool, typer.Option("--all", help="Every source in the exports bucket.")] = False,
+    models: Annotated[Optional[str], typer.Option("--models", help="Every source of these models (comma-separated).", show_default=False)] = None,
+    engine: Annotated[SyncEngine, typer.Option("--engine", help="local: this process (the reference); ray: one Ray task per export file.")] = SyncEngine.local,
+    address: Annotated[Optional[str], typer.Option("--address", help="The Ray cluster: auto (the one running on this machine), host:port, or none for a new local one.", show_default=False)] = None,
+    exports_url: Annotated[Optional[str], typer.Option("--exports-url", help="Bucket root of the exports [default: $NP_MIRROR_EXPORTS_URL or Neuronpedia's public bucket].", show_default=False)] = None,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="Where each node keeps downloaded export files [default: the export cache].", show_default=False)] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Local engine: units at once [default: the CPU count].", show_default=False)] = None,
+    download_slots: Annotated[int, typer.Option("--download-slots", min=1, help="Downloads at once per node.")] = 4,
+    unit_features: Annotated[int, typer.Option("--unit-features", min=1, help="Features per unit of the reduced features/explanations files.")] = 4096,
+    job_id: Annotated[Optional[str], typer.Option("--job-id", help="This job's id (temp names carry it; default: random).", show_default=False)] = None,
+    rewrite: Annotated[bool, typer.Option("--rewrite", help="Convert and write committed units again too.")] = False,
+    exports_only: Annotated[bool, typer.Option("--exports-only", help="No API requests: what the exports lack stays missing.")] = False,
+    base_url: BaseUrlOpt = None,
+    rate: RateOpt = None,
+    concurrency: ConcurrencyOpt = 8,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Convert Neuronpedia's bulk exports straight into DATASET (no mirror file needed).
+
+    One unit of work per export file (download, verify, convert with the importer's reader,
+    write, commit), then one reduce per source for the columns that span export batches
+    (n_explanations, top_explanation). What the exports lack (features in no batch, activations
+    export-data.py never wrote) comes from the API, asked by this process only: the whole
+    cluster shares its one budget (Neuronpedia allows 25,000 requests an hour per IP). A rerun
+    skips committed units, so after a crash it finishes the job. Exit 1 if an export file or a
+    feature failed (rerun to retry it).
+    """
+    from npclient import SourceId
+    from npclient.dataset.sync import dataset_sync
+
+    from .progress import SyncDisplay
+
+    check_client_options(rate, concurrency)
+    sources = [SourceId.parse(i) for i in ids or []]
+    model_list = [m.strip() for m in (models or "").split(",") if m.strip()]
+    display = SyncDisplay(enabled=not quiet)
+    with display:
+        summary = dataset_sync(dataset, sources=sources, models=model_list, all_sources=all_sources,
+                               engine=engine.value, address=address, exports_url=exports_url, cache=cache,
+                               workers=workers, download_slots=download_slots, unit_features=unit_features,
+                               job_id=job_id, rewrite=rewrite, progress=display.update, api=not exports_only,
+                               base_url=base_url, rate=rate, concurrency=concurrency)
+    display.summary(summary)
+    hint(f"job {summary.job_id} ({summary.engine}): {summary.units} export files ({summary.skipped} already committed, "
+         f"{summary.downloaded_bytes:,} bytes downloaded), reduce: {summary.reduce_written} units written, "
+         f"{summary.reduce_skipped} unchanged" + (f", {len(summary.swept)} stale temp files removed" if summary.swept else ""))
+    raise typer.Exit(summary.exit_code)

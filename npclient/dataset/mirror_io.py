@@ -23,7 +23,7 @@ from ..store.dataset_views import RAW_COLUMN
 from ..store.writer import arrow_schema
 from .check import source_record_key, source_records
 from .location import Location, lease_until
-from .units import DEFAULT_LEASE_S, TABLES, Unit, encode, is_committed, markers, new_job_id, sweep, write_unit
+from .units import DEFAULT_LEASE_S, MIRROR_TABLES, Unit, encode, is_committed, markers, new_job_id, sweep, write_unit
 
 if TYPE_CHECKING:
     from ..mirror import Mirror
@@ -42,7 +42,7 @@ class WriteReport:
     job_id: str
     written: list[Unit] = field(default_factory=list)
     skipped: list[Unit] = field(default_factory=list)
-    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES, 0))
+    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MIRROR_TABLES, 0))
     swept: list[str] = field(default_factory=list)
 
 
@@ -77,10 +77,10 @@ def write_from_mirror(mirror: "Mirror", loc: Location, sources: Optional[Sequenc
         top = max(count or 0, extent)
         for start in range(0, top, unit_features):
             stop = min(start + unit_features, top)
-            tables = {t: dataset_views.unit_rows(mirror.store.db, t, model, source, start, stop) for t in TABLES}
+            tables = {t: dataset_views.unit_rows(mirror.store.db, t, model, source, start, stop) for t in MIRROR_TABLES}
             if not tables["features"].num_rows:
                 continue
-            for table in TABLES:
+            for table in MIRROR_TABLES:
                 unit = Unit(table, model, source, start, stop)
                 data = encode(unit, tables[table])
                 if not rewrite and is_committed(loc, unit, data):
@@ -101,7 +101,7 @@ def _committed_paths(loc: Location, table: str, sources: Optional[Sequence[Sourc
 def arrow_datasets(loc: Location, sources: Optional[Sequence[SourceId]] = None) -> dict[str, pads.Dataset]:
     """Per table, a pyarrow dataset of the committed files, hive partitions read as strings."""
     out = {}
-    for table in TABLES:
+    for table in MIRROR_TABLES:
         paths = _committed_paths(loc, table, sources)
         if paths:
             out[table] = pads.dataset(paths, filesystem=loc.fs, format="parquet", partitioning=PARTITIONING,
@@ -140,7 +140,7 @@ def import_from_dataset(mirror: "Mirror", loc: Location, sources: Sequence[Sourc
     if missing:
         raise UnknownSourceError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not in the dataset "
                                  f"{loc.url} (`np-mirror dataset status` lists what is)")
-    tables = {t: read_rows(loc, t, sources) for t in TABLES}
+    tables = {t: read_rows(loc, t, sources) for t in MIRROR_TABLES}
     counts: list[tuple[Any, Optional[int]]] = [
         (s, records.get((s.model_id, s.source), {}).get("feature_count")) for s in sources]
     return dataset_views.import_rows(mirror.store.db, tables, counts)

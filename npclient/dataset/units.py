@@ -27,12 +27,16 @@ from .. import __version__, faults
 from ..errors import InvalidOptionError
 from .location import TEMP_NAME, Location, lease_until
 
-__all__ = ["Unit", "TABLES", "SORT_KEYS", "encode", "is_committed", "write_unit", "read_marker", "markers", "sweep", "new_job_id",
+__all__ = ["Unit", "TABLES", "SORT_KEYS", "encode", "is_committed", "write_unit", "commit_file", "read_marker", "markers", "sweep", "new_job_id",
            "DEFAULT_LEASE_S", "CODE_VERSION"]
 
-TABLES = ("features", "activations", "explanations")
+TABLES = ("features", "activations", "explanations", "neighbors")
+#: The tables a mirror's sources are written as and read back from; `neighbors` is a result
+#: (`np-mirror geometry allpairs --dataset`), checked like the others but never imported.
+MIRROR_TABLES = ("features", "activations", "explanations")
 #: The order rows are written in: a retried unit writes the same rows in the same order.
-SORT_KEYS = {"features": ("index",), "activations": ("index", "rank"), "explanations": ("index", "rank")}
+SORT_KEYS = {"features": ("index",), "activations": ("index", "rank"), "explanations": ("index", "rank"),
+             "neighbors": ("index", "rank")}
 #: Columns the hive path carries (`model=`, `source=`), never the files: both are VARCHAR.
 PARTITION_COLUMNS = ("model", "source")
 CODE_VERSION = f"np-mirror {__version__}"
@@ -87,6 +91,11 @@ class Unit:
         return f"{COMMITS}/{self.table}/{self.partition}/{self.part}.json"
 
     @classmethod
+    def from_data_key(cls, key: str) -> "Unit":
+        """The unit whose file is `key` (`<table>/model=M/source=S/part-A-B.parquet`)."""
+        return cls.from_marker_key(f"{COMMITS}/{key[: -len('.parquet')]}.json")
+
+    @classmethod
     def from_marker_key(cls, key: str) -> "Unit":
         """The unit a marker's key names (`_np/commits/<table>/model=M/source=S/part-A-B.json`)."""
         table, model, source, part = key[len(COMMITS) + 1:].split("/")
@@ -124,24 +133,31 @@ def write_unit(loc: Location, unit: Unit, rows: pa.Table, *, job_id: str, lease_
     """Write one unit's file, whole, then its commit marker; returns the marker. `data` is the
     file already encoded (`encode(unit, rows)`), when the caller has it."""
     data = encode(unit, rows) if data is None else data
+    fields = {"table": unit.table, "model": unit.model, "source": unit.source,
+              "index_range": [unit.start, unit.stop], "rows": rows.num_rows, **(extra or {})}
+    return commit_file(loc, unit.data_key, unit.marker_key, data, fields, job_id=job_id, lease_s=lease_s)
+
+
+def commit_file(loc: Location, data_key: str, marker_key: str, data: bytes, fields: dict[str, Any], *,
+                job_id: str, lease_s: float = DEFAULT_LEASE_S) -> dict[str, Any]:
+    """`data` at `data_key`, whole, then the marker at `marker_key` (key, size, sha256, ETag,
+    code version, job, time and `fields`): the one way a dataset file is committed, for a
+    table's unit and for the sync's intermediate files alike (`exports_units.py`)."""
     until = lease_until(lease_s)
-    loc.write_whole(unit.data_key, data, job_id=job_id, lease_until=until)
+    loc.write_whole(data_key, data, job_id=job_id, lease_until=until)
     faults.point("dataset.before_marker")
     marker: dict[str, Any] = {
-        "key": unit.data_key,
-        "table": unit.table, "model": unit.model, "source": unit.source,
-        "index_range": [unit.start, unit.stop],
-        "rows": rows.num_rows,
+        "key": data_key,
+        **{k: v for k, v in fields.items() if k in ("table", "model", "source", "index_range", "rows")},
         "size": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
-        "etag": _etag(loc, unit.data_key),
+        "etag": _etag(loc, data_key),
         "code_version": CODE_VERSION,
         "job_id": job_id,
         "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        **(extra or {}),
+        **{k: v for k, v in fields.items() if k not in ("table", "model", "source", "index_range", "rows")},
     }
-    loc.write_whole(unit.marker_key, orjson.dumps(marker, option=orjson.OPT_INDENT_2), job_id=job_id,
-                    lease_until=until)
+    loc.write_whole(marker_key, orjson.dumps(marker, option=orjson.OPT_INDENT_2), job_id=job_id, lease_until=until)
     return marker
 
 

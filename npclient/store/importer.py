@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import duckdb
 
@@ -41,8 +41,13 @@ from ..ids import SourceId
 from ..models import TABLE_COLUMNS, Column
 from . import catalog
 from .database import Database
+from .words import N_WORDS_SQL
 
-__all__ = ["ImportReport", "import_source_dir", "import_tree", "record_failed_download", "read_types"]
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = ["ImportReport", "import_source_dir", "import_tree", "record_failed_download", "read_types", "read_export_batch",
+           "EXPLANATION_IDENT", "EXPLANATION_ORDER", "EXPLANATION_SUMMARY"]
 
 IMPORT_WORKERS = min(2, os.cpu_count() or 1)
 
@@ -139,11 +144,14 @@ _STAGE_EXPLANATIONS = f"""
 CREATE TEMP TABLE _np_import AS
 SELECT
     {_select("explanations", {**_KEYS_SPECIAL, "embedding": _EMBEDDING,
-                              "rank": f"CAST(row_number() OVER ({_PARTITION} ORDER BY j.id) - 1 AS INTEGER)"})}
+                              "rank": f"CAST(row_number() OVER ({_PARTITION} ORDER BY j.id) - 1 AS INTEGER)",
+                              "n_words": N_WORDS_SQL.format(d="j.description")})}
 FROM read_json(?, format = 'newline_delimited', compression = 'gzip', columns = {_columns_literal(read_types("explanations"))}) j
 """
 
 _STAGE = {"features": _STAGE_FEATURES, "activations": _STAGE_ACTIVATIONS, "explanations": _STAGE_EXPLANATIONS}
+#: The typed reader itself: the SELECT each staging statement runs (an import and the dataset sync share it).
+_READ = {kind: sql.replace("CREATE TEMP TABLE _np_import AS", "", 1) for kind, sql in _STAGE.items()}
 
 # Features fetched through the API keep their own rows in every table.
 _API_KEYS = "SELECT feature_key FROM features WHERE origin <> 'export'"
@@ -156,6 +164,16 @@ _IDENT = (
 )
 # Our rank for explanations without scores: by explanation id (cuids sort by creation time).
 _EXPL_ORDER = "explanation_id NULLS LAST, description, explanation_model_name, type_name"
+#: The same rules for code that reduces export rows outside a mirror (npclient/dataset/reduce.py):
+#: what identifies an explanation row, the order its ranks follow, and a feature's explanation
+#: summary (count, top explanation = rank 0's description, the UMAP placement of that row).
+EXPLANATION_IDENT = _IDENT.format(t="")
+EXPLANATION_ORDER = _EXPL_ORDER
+EXPLANATION_SUMMARY = (
+    "count(*) AS n, arg_min(description, rank) AS top, arg_min(umap_x, rank) AS umap_x, "
+    "arg_min(umap_y, rank) AS umap_y, arg_min(umap_cluster, rank) AS umap_cluster, "
+    "arg_min(umap_log_feature_sparsity, rank) AS umap_log_feature_sparsity"
+)
 
 
 @dataclass
@@ -324,7 +342,7 @@ def _import_new_file(
     Skipping the staging copy is most of the cost of a first import; a rerun of a changed or
     once-failed file takes the staged path in `_import_file`, which replaces rows.
     """
-    select = _STAGE[kind].replace("CREATE TEMP TABLE _np_import AS", "", 1)
+    select = _READ[kind]
     with db.transaction() as cur:
         inserted = cur.execute(
             f"""INSERT INTO {kind} BY NAME SELECT * FROM ({select}) WHERE feature_key NOT IN ({_API_KEYS})
@@ -450,21 +468,34 @@ def _refresh_counts(db: Database, sid: SourceId) -> None:
     and their UMAP placement, which export-data.py carries on explanation rows only."""
     with db.transaction() as cur:
         cur.execute(
-            """UPDATE features SET
+            f"""UPDATE features SET
                    n_activations = coalesce(a.n, 0), n_explanations = coalesce(e.n, 0), top_explanation = e.top,
                    umap_x = coalesce(features.umap_x, e.umap_x), umap_y = coalesce(features.umap_y, e.umap_y),
                    umap_cluster = coalesce(features.umap_cluster, e.umap_cluster),
                    umap_log_feature_sparsity = coalesce(features.umap_log_feature_sparsity, e.umap_log_feature_sparsity)
                FROM (SELECT feature_key FROM features WHERE model_id = ? AND source = ? AND origin = 'export') k
                LEFT JOIN (SELECT feature_key, count(*) AS n FROM activations WHERE model_id = ? AND source = ? GROUP BY 1) a USING (feature_key)
-               LEFT JOIN (SELECT feature_key, count(*) AS n, arg_min(description, rank) AS top,
-                                 arg_min(umap_x, rank) AS umap_x, arg_min(umap_y, rank) AS umap_y,
-                                 arg_min(umap_cluster, rank) AS umap_cluster,
-                                 arg_min(umap_log_feature_sparsity, rank) AS umap_log_feature_sparsity
+               LEFT JOIN (SELECT feature_key, {EXPLANATION_SUMMARY}
                           FROM explanations WHERE model_id = ? AND source = ? GROUP BY 1) e USING (feature_key)
                WHERE features.feature_key = k.feature_key""",
             [sid.model_id, sid.source] * 3,
         )
+
+
+def read_export_batch(path: Path, kind: str, *, run_id: Optional[int] = None,
+                      connection: Optional[duckdb.DuckDBPyConnection] = None) -> "pa.Table":
+    """One export batch file read by the importer's own typed reader, as rows of `kind`'s mirror
+    table (every column, map order): a dataset converted straight from the exports then holds
+    exactly what an import would have stored. In-file ranks as an import computes them."""
+    if kind not in _READ:
+        raise ExportError(f"unknown export batch kind {kind!r}")
+    params = [run_id, str(path)] if kind == "features" else [str(path)]
+    con = connection if connection is not None else duckdb.connect()
+    try:
+        return con.sql(_READ[kind], params=params).to_arrow_table()
+    finally:
+        if connection is None:
+            con.close()
 
 
 def import_tree(db: Database, root: Path, *, run_id: Optional[int] = None) -> list[ImportReport]:
