@@ -90,8 +90,6 @@ def all_pairs(mirror: "Mirror", source: SourceLike, k: int = 25, *, engine: str 
     """Every feature's k nearest neighbours (self first), stored in the mirror's `neighbors`
     table, or, with `dataset`, written there as `neighbors` units with commit markers (the
     mirror is then only read: its attached decoder)."""
-    from .neighbor_units import DEFAULT_UNIT_FEATURES, weights_identity, write_neighbor_units
-
     sid = _sid(source)
     check_engine(engine, device=device, address=address)
     name = _dtype_name(dtype)
@@ -104,6 +102,8 @@ def all_pairs(mirror: "Mirror", source: SourceLike, k: int = 25, *, engine: str 
     if dataset is None:
         rows = mirror.store.save_neighbors(sid, values, indices)
         return AllPairsOutcome(sid, rows, time.perf_counter() - t0)
+    from .neighbor_units import DEFAULT_UNIT_FEATURES, weights_identity, write_neighbor_units  # pyarrow.dataset, pandas: ~0.4 s
+
     report = write_neighbor_units(dataset, sid, values, indices, k=k, dtype=name,
                                   weights=weights_identity(mirror.store.weights(sid)),
                                   unit_features=unit_features or DEFAULT_UNIT_FEATURES, job_id=job_id, rewrite=rewrite)
