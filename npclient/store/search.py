@@ -145,11 +145,11 @@ class _Query:
         return f"CASE source {cases} END", params
 
     @property
-    def order(self) -> str:
-        """`key` in SQL, over the columns of `_sql_ranked`."""
+    def key_sql(self) -> str:
+        """`key` in SQL (ascending), over the columns of `_sql_ranked`."""
         if self.by_source is None:
-            return 'score DESC, model_id, place, "index", rank'
-        return 'score DESC, place, "index", rank, model_id'
+            return '-score, model_id, place, "index", rank'
+        return '-score, place, "index", rank, model_id'
 
     # ---- the Python path (n_words NULL) ------------------------------------------------------
     def score(self, description: Optional[str]) -> float:
@@ -189,35 +189,34 @@ def _python_hits(cur: Any, qy: _Query) -> list[ExplanationHit]:
 
 def _sql_ranked(cur: Any, qy: _Query, wanted: int, features: int) -> tuple[list[ExplanationHit], list[ExplanationHit], int]:
     """For the rows whose `n_words` is known: the best `wanted` hits, the best hit of each of the
-    first `features` features, and how many rows matched in all, in one scan of the candidates."""
+    first `features` features, and how many rows matched in all, from one scan of the candidates
+    (scored once, kept for the three answers: a top-N, a count, a top-N of per-feature minima)."""
     score, score_params = qy.score_sql()
     place, place_params = qy.place_sql()
     keep = "" if qy.regex else "WHERE score > 0"
-    order = qy.order
+    key = qy.key_sql
     inner = (f'SELECT rowid AS r, model_id, "index", rank, {place} AS place, {score} AS score '
              f"FROM explanations WHERE {' AND '.join(qy.where)} AND n_words IS NOT NULL")
-    params: list[Any] = [*place_params, *score_params, *qy.params]
-    if features <= 0:
-        sql = (f"WITH h AS ({inner}) SELECT r, score, count(*) OVER (), true, false FROM h {keep} "
-               f"ORDER BY {order} LIMIT ?")
-        params.append(max(wanted, 1))
-    else:  # rows of the page, and each feature's first row while fewer than `features` are seen
-        sql = (f"WITH h AS ({inner}), s AS (SELECT r, score, count(*) OVER () AS total, "
-               f"row_number() OVER (ORDER BY {order}) AS pos, "
-               f'row_number() OVER (PARTITION BY model_id, "index" ORDER BY {order}) AS nth FROM h {keep}), '
-               "f AS (SELECT *, sum(CAST(nth = 1 AS INTEGER)) OVER (ORDER BY pos ROWS UNBOUNDED PRECEDING) AS fpos FROM s) "
-               "SELECT r, score, total, pos <= ?, nth = 1 AND fpos <= ? FROM f WHERE pos <= ? OR (nth = 1 AND fpos <= ?) "
-               "ORDER BY pos")
-        params += [wanted, features, wanted, features]
-    ranked = cur.execute(sql, params).fetchall()
-    if not ranked:
-        return [], [], 0
+    parts = [f"(SELECT 0 AS part, r, score FROM s ORDER BY {key} LIMIT ?)",
+             "(SELECT 1, NULL, count(*) FROM s)"]
+    limits = [wanted]
+    if features > 0:  # each feature's best row (the least key), the features in that order
+        parts.append(f"(SELECT 2, r, score FROM (SELECT arg_min(r, k) AS r, arg_min(score, k) AS score, min(k) AS k "
+                     f'FROM (SELECT r, score, model_id, "index", ({key}) AS k FROM s) GROUP BY model_id, "index" '
+                     "ORDER BY k LIMIT ?))")
+        limits.append(features)
+    sql = f"WITH h AS MATERIALIZED ({inner}), s AS (SELECT * FROM h {keep}) " + " UNION ALL ".join(parts)
+    rows = cur.execute(sql, [*place_params, *score_params, *qy.params, *limits]).fetchall()
+    total = next(int(score) for part, _, score in rows if part == 1)
+    wanted_rows = [(part, r, score) for part, r, score in rows if part != 1]
+    if not wanted_rows:
+        return [], [], total
     details = {row[0]: row[1:] for row in cur.execute(
         f"SELECT rowid, {_HIT_COLUMNS} FROM explanations WHERE rowid IN (SELECT unnest(?::BIGINT[]))",
-        [[r[0] for r in ranked]]).fetchall()}
-    page = [_hit(details[r], s) for r, s, _, in_page, _ in ranked if in_page][:wanted]
-    firsts = [_hit(details[r], s) for r, s, _, _, first in ranked if first]
-    return page, firsts, int(ranked[0][2])
+        [sorted({r for _, r, _ in wanted_rows})]).fetchall()}
+    page = sorted((_hit(details[r], s) for part, r, s in wanted_rows if part == 0), key=qy.key)
+    firsts = sorted((_hit(details[r], s) for part, r, s in wanted_rows if part == 2), key=qy.key)
+    return page, firsts, total
 
 
 def _first_per_feature(hits: Sequence[ExplanationHit], limit: int) -> list[ExplanationHit]:
