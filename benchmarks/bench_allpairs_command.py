@@ -86,7 +86,7 @@ def timed(owner, name, label):
         finally:
             marks[label] = marks.get(label, 0.0) + time.perf_counter() - t
     setattr(owner, name, g)
-from np_mirror.app import run
+from np_mirror.app import main  # not run(): it ends the process without returning
 marks["imports: CLI (typer, npclient)"] = time.perf_counter() - T0
 t = time.perf_counter()
 import npclient.geometry.api, npclient.geometry.symmetric as sym
@@ -99,7 +99,7 @@ timed(npclient.geometry.api, "stored_neighbors", "read back 30 rows + explanatio
 sys.argv = ["np-mirror", *sys.argv[1:]]
 t = time.perf_counter()
 try:
-    run()
+    main()
 except SystemExit:
     pass
 marks["command (after imports)"] = time.perf_counter() - t
@@ -107,6 +107,8 @@ marks["end"] = time.perf_counter() - T0
 heavy = [m for m in ("pandas", "scipy", "pyarrow.dataset", "sae_lens", "ray") if m in sys.modules]
 print("PHASES " + repr(marks), file=sys.stderr)
 print("LOADED " + ",".join(heavy), file=sys.stderr)
+import atexit, os  # end as the command's run() ends (exit handlers, no module teardown)
+sys.stdout.flush(); sys.stderr.flush(); atexit._run_exitfuncs(); os._exit(0)
 '''
 
 
