@@ -271,34 +271,6 @@ def test_polars_reads_the_same_files(written, mirror_file):
     assert got == want
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """moto's S3 server on 127.0.0.1 with one empty bucket; the AWS variables point at it."""
-    pytest.importorskip("moto.server")
-    boto3 = pytest.importorskip("boto3")
-    import logging
-    import socket
-
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
-            mp.setenv(key, value)
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="np-data")
-        try:
-            yield endpoint
-        finally:
-            server.stop()
-
-
 def test_an_s3_dataset_written_verified_read_in_place_and_copied(s3_endpoint, mirror_file, tmp_path, capsys):
     url = "s3://np-data/v1"
     code, _, err = run(capsys, "dataset", "write", url, str(NEURONS), "--db", mirror_file, "--unit-features", UNIT)
