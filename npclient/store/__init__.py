@@ -79,16 +79,12 @@ class Store:
         """The first k of a feature's stored topkCosSim neighbours with explanations (None: no list)."""
         return reads.stored_neighbors(self.db, sid, key, k)
 
-    def search_explanations(self, query: str, *, model_id: Optional[str] = None,
-                            sources: Optional[Sequence[str]] = None, regex: bool = False) -> list[search.ExplanationHit]:
-        """Every explanation matching `query`, best first (`store/search.py`: the one ranking)."""
-        return search.rank_explanations(self.db, query, model_id=model_id, sources=sources, regex=regex)
-
     def search_page(self, query: str, *, model_id: Optional[str] = None, sources: Optional[Sequence[str]] = None,
                     regex: bool = False, offset: int = 0, limit: Optional[int] = None,
                     features: int = 0) -> search.SearchPage:
-        """A page of that ranking, the count of all hits, and the first `features` features hit:
-        ranked and counted in DuckDB, so a common word in a 1M-feature source returns 20 rows, not all."""
+        """A page of the one ranking (`store/search.py`), the count of all hits, and the first
+        `features` features hit: ranked and counted in DuckDB, so a common word in a 1M-feature
+        source returns 20 rows, not all of them."""
         return search.search_page(self.db, query, model_id=model_id, sources=sources, regex=regex, offset=offset,
                                   limit=limit, features=features)
 

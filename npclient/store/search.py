@@ -30,7 +30,7 @@ import pyarrow as pa
 from .. import wire
 from .database import Database
 
-__all__ = ["ExplanationHit", "SearchPage", "search_page", "rank_explanations", "search_table", "SEARCH_SCHEMA",
+__all__ = ["ExplanationHit", "SearchPage", "search_page", "search_table", "SEARCH_SCHEMA",
            "MAX_QUERY_WORDS"]
 
 #: Only the first words (sorted) of a long query become ILIKE candidates: a bound on the SQL.
@@ -263,12 +263,6 @@ def search_page(db: Database, query: str, *, model_id: Optional[str] = None, sou
         page = sorted([*page, *slow], key=qy.key)[:wanted]
         firsts = _first_per_feature(sorted([*firsts, *slow], key=qy.key), features)
     return SearchPage(page[offset:], total + len(slow), firsts)
-
-
-def rank_explanations(db: Database, query: str, *, model_id: Optional[str] = None,
-                      sources: Optional[Sequence[str]] = None, regex: bool = False) -> list[ExplanationHit]:
-    """Every explanation matching `query`, best first (`search_page` without a limit)."""
-    return search_page(db, query, model_id=model_id, sources=sources, regex=regex).hits
 
 
 #: `Mirror.search`'s columns: where each hit is, the explanation, and its score.
