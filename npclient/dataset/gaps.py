@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..exports.layout import activation_spans
 from ..ids import FeatureId, SourceId
 from .exports_units import RECORDS, STAGE, stage_keys
 from .location import Location, lease_until
@@ -37,7 +38,7 @@ from .units import DEFAULT_LEASE_S, Unit, commit_file, markers, parquet_bytes, w
 if TYPE_CHECKING:
     from ..http.client import NeuronpediaClient
 
-__all__ = ["GapResult", "activation_spans", "find_gaps", "fetch_gaps", "api_stage_key", "API_TABLES"]
+__all__ = ["GapResult", "find_gaps", "fetch_gaps", "api_stage_key", "API_TABLES"]
 
 API_TABLES = ("features", "explanations")
 
@@ -58,28 +59,6 @@ class GapResult:
     not_found: int = 0
     failed: dict[str, int] = field(default_factory=dict)
     skipped: bool = False
-
-
-def activation_spans(batches: dict[int, Optional[tuple[int, int]]], exported: Optional[int]) -> list[tuple[int, int]]:
-    """Index spans (inclusive) the activations batches cover, batch number -> its records' span
-    (None: a batch without records). As `sync.exports.activation_gaps`: a batch covers its
-    records' span widened to meet its neighbours (a dead feature at an edge has no record, yet
-    is covered), batch 0 from index 0, the last one up to `exported - 1` (export-data.py's
-    batches run to the feature count)."""
-    covered = {n: s for n, s in batches.items() if s is not None}
-    last = max(batches, default=-1)
-    spans = []
-    for n, (lo, hi) in sorted(covered.items()):
-        if n == 0:
-            lo = 0
-        elif n - 1 in covered:
-            lo = covered[n - 1][1] + 1
-        if n + 1 in covered:
-            hi = covered[n + 1][0] - 1
-        elif n == last and exported is not None:
-            hi = max(hi, exported - 1)
-        spans.append((lo, hi))
-    return spans
 
 
 def _records(loc: Location, model: str, source: str, folder: str) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from ..ids import SourceId
 
 __all__ = [
     "DEFAULT_EXPORTS_URL",
+    "activation_spans",
     "EXPORTS_URL_ENV",
     "BATCH_KINDS",
     "METADATA_FILES",
@@ -240,3 +241,25 @@ def sort_batches(files: Iterable[T]) -> list[T]:
     before the batches of their source, keys that are not export files come last.
     """
     return sorted(files, key=_sort_key_of)
+
+
+def activation_spans(batches: dict[int, Optional[tuple[int, int]]], exported: Optional[int]) -> list[tuple[int, int]]:
+    """Index spans (inclusive) the activations batches cover, from batch number -> its records'
+    span (None: a batch without records, or not read). A batch covers its records' span widened
+    to meet its neighbours (a dead feature at an edge has no record, yet is covered), batch 0
+    from index 0, the last one up to `exported - 1` when the exported feature count is known
+    (export-data.py's batches run to it). The local sync and `dataset sync` both ask this."""
+    covered = {n: s for n, s in batches.items() if s is not None}
+    last = max(batches, default=-1)
+    spans = []
+    for n, (lo, hi) in sorted(covered.items()):
+        if n == 0:
+            lo = 0
+        elif n - 1 in covered:
+            lo = covered[n - 1][1] + 1
+        if n + 1 in covered:
+            hi = covered[n + 1][0] - 1
+        elif n == last and exported is not None:
+            hi = max(hi, exported - 1)
+        spans.append((lo, hi))
+    return spans

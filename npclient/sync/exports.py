@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Literal, Optional
 from ..errors import NPError
 from ..exports.download import DownloadReport, download, is_complete
 from ..exports.files import PART_KINDS
-from ..exports.layout import local_path, parse_key, source_prefix
+from ..exports.layout import activation_spans, local_path, parse_key, source_prefix
 from ..http.s3 import ExportBucket, S3Object
 from ..ids import SourceId
 from ..models import SourceInfo
@@ -474,18 +474,7 @@ def activation_gaps(db: Database, sid: SourceId, start: int, stop: int) -> set[i
     whole = feature_files and all(f[2] == "imported" for f in feature_files) and \
         sorted(f[1] for f in feature_files) == list(range(len(feature_files)))
     stored = sum(f[3] or 0 for f in feature_files) if whole else None
-    acts = {f[1]: f for f in files if f[0] == "activations"}
-    last_batch = max(acts, default=-1)
-    covered = {n: (f[4], f[5]) for n, f in acts.items() if f[2] in ("imported", "partial") and f[4] is not None}
-    spans = []
-    for n, (lo, hi) in sorted(covered.items()):
-        if n == 0:
-            lo = 0
-        elif n - 1 in covered:
-            lo = covered[n - 1][1] + 1
-        if n + 1 in covered:
-            hi = covered[n + 1][0] - 1
-        elif n == last_batch and stored is not None:
-            hi = max(hi, stored - 1)
-        spans.append((lo, hi))
+    batches = {f[1]: (f[4], f[5]) if f[2] in ("imported", "partial") and f[4] is not None else None
+               for f in files if f[0] == "activations"}
+    spans = activation_spans(batches, stored)
     return {i for i in candidates if not any(lo <= i <= hi for lo, hi in spans)}
