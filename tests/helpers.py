@@ -176,3 +176,20 @@ def synced_mirror_with_sae(tmp: Path, src, d_sae: int = 512, d_in: int = 64):
         server.stop()
         raise
     return server, mirror, sae
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """One `np-mirror` command line in this process: (exit code, stdout, stderr), never a traceback."""
+    from np_mirror.app import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err, err
+    return code, out, err
+
+
+def mirror_neighbors(mirror, sid) -> list[dict]:
+    """A source's rows of the mirror's all-pairs `neighbors` table, by feature and rank."""
+    return mirror.sql("""SELECT "index", rank, neighbor_index, cosine FROM neighbors
+                         WHERE model_id = ? AND source = ? ORDER BY "index", rank""",
+                      [sid.model_id, sid.source]).to_pylist()

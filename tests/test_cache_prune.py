@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import LIGHT
-from np_mirror.app import main
+from helpers import LIGHT, run_cli
 from npclient import SourceId
 from npclient.mirror import Mirror
 from npclient.testing import EmulatorConfig, SourceSpec
@@ -23,13 +22,6 @@ from npclient.testing.emulator.s3 import S3Server
 SRC = SourceId("gpt2-small", "0-res-jb")
 D_SAE = 300
 PREFIX = f"v1/{SRC.model_id}/{SRC.source}/"
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
 
 
 def batch_files(cache: Path) -> dict[str, bytes]:
@@ -64,7 +56,7 @@ def world(np_emulator_factory, tmp_path, monkeypatch):
 
 
 def sync(capsys, db: Path) -> int:
-    code, _, err = run(capsys, "sync", str(SRC), "--db", str(db), "--quiet")
+    code, _, err = run_cli(capsys, "sync", str(SRC), "--db", str(db), "--quiet")
     return code
 
 
@@ -85,14 +77,14 @@ def test_prune_deletes_exactly_the_imported_downloads_and_a_rerun_needs_none(wor
         metadata = sorted(p.name for p in (cache / PREFIX).glob("*.jsonl"))
         assert metadata  # source.jsonl and friends
 
-        code, out, err = run(capsys, "cache", "prune", "--dry-run", "--db", str(db))
+        code, out, err = run_cli(capsys, "cache", "prune", "--dry-run", "--db", str(db))
         assert code == 0, err
         assert listed(out, "would delete") == imported
         total = sum(len(b) for b in downloaded.values())
         assert f"would delete {len(imported)} files, " in out and f"({total:,} bytes)" in out
         assert batch_files(cache) == downloaded  # a dry run deletes nothing
 
-        code, out, err = run(capsys, "cache", "prune", "--db", str(db))
+        code, out, err = run_cli(capsys, "cache", "prune", "--db", str(db))
         assert code == 0, err
         assert listed(out, "deleted") == imported and f"({total:,} bytes)" in out
         assert batch_files(cache) == {}
@@ -101,7 +93,7 @@ def test_prune_deletes_exactly_the_imported_downloads_and_a_rerun_needs_none(wor
         assert sorted(p.name for p in (cache / PREFIX).glob("*.jsonl")) == metadata
 
         # The mirror still answers, and a rerun of the sync downloads nothing: it has the rows.
-        code, out, err = run(capsys, "show", f"{SRC}/5", "--db", str(db))
+        code, out, err = run_cli(capsys, "show", f"{SRC}/5", "--db", str(db))
         assert code == 0 and "Top activations" in out, err
         before = len(object_gets(s3))
         requests = len(server.state.requests)
@@ -109,7 +101,7 @@ def test_prune_deletes_exactly_the_imported_downloads_and_a_rerun_needs_none(wor
         assert object_gets(s3)[before:] == [] and len(server.state.requests) == requests
         assert batch_files(cache) == {}
 
-        code, out, _ = run(capsys, "cache", "prune", "--db", str(db))
+        code, out, _ = run_cli(capsys, "cache", "prune", "--db", str(db))
         assert code == 0 and "deleted 0 files, 0 B" in out
 
 
@@ -130,7 +122,7 @@ def test_prune_keeps_a_failed_import_a_changed_file_and_unrelated_files(world, c
     stray = cache / PREFIX / "activations" / "batch-99.jsonl.gz"  # looks like a batch; no record names it
     stray.write_bytes(b"not ours")
 
-    code, out, err = run(capsys, "cache", "prune", "--db", str(db))
+    code, out, err = run_cli(capsys, "cache", "prune", "--db", str(db))
     assert code == 0, err
     gone = {k for k, v in status.items() if v == "imported"} - {changed}
     assert listed(out, "deleted") == gone
@@ -139,7 +131,7 @@ def test_prune_keeps_a_failed_import_a_changed_file_and_unrelated_files(world, c
     left = batch_files(cache)
     assert set(left) == {broken, changed, stray.relative_to(cache).as_posix()}
     assert left[broken] == downloaded[broken] and stray.read_bytes() == b"not ours"
-    code, out, _ = run(capsys, "show", f"{SRC}/150", "--db", str(db))
+    code, out, _ = run_cli(capsys, "show", f"{SRC}/150", "--db", str(db))
     assert code == 0 and "Top activations" in out
     # The source still has a failed batch, so the next sync goes to its export again: it never
     # downloads the pruned batches, whose rows the mirror holds (the failed one is still on disk).
@@ -156,7 +148,7 @@ def test_prune_of_no_mirror_is_bad_input_and_deletes_nothing(world, capsys):
     kept = cache / PREFIX / "features" / "batch-0.jsonl.gz"
     kept.parent.mkdir(parents=True)
     kept.write_bytes(b"downloaded by some other mirror")
-    code, out, err = run(capsys, "cache", "prune", "--db", str(db))
+    code, out, err = run_cli(capsys, "cache", "prune", "--db", str(db))
     assert code == 2 and "no mirror at" in err and len(err.strip().splitlines()) == 1
     assert kept.read_bytes() == b"downloaded by some other mirror"
 

@@ -11,8 +11,7 @@ import json
 
 import pytest
 
-from helpers import SRC, small_config
-from np_mirror.app import main
+from helpers import SRC, run_cli, small_config
 
 from npclient.tokens import visible_token
 
@@ -34,15 +33,8 @@ def env(np_emulator_factory, tmp_path, monkeypatch):
         yield server, tmp_path / "m.duckdb"
 
 
-def run(capsys, *args):
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err, err
-    return code, out, err
-
-
 def synced(capsys, db, *extra):
-    code, _, err = run(capsys, "sync", SOURCE, "--db", str(db), "--rate", "500", *extra)
+    code, _, err = run_cli(capsys, "sync", SOURCE, "--db", str(db), "--rate", "500", *extra)
     assert code == 0, err
     assert "\r" not in err  # not a terminal: no bar redrawn with carriage returns
 
@@ -53,7 +45,7 @@ def test_a_wide_table_fits_100_columns_and_never_cuts_an_id(env, capsys):
     query = ("SELECT feature_key, repeat(coalesce(top_explanation, 'none') || ' ', 12) AS long_text, "
              "'/home/someone/a/very/deep/folder/of/saes/' || feature_key || '/sae_weights.safetensors' AS decoder_path, "
              "n_activations * 1000 AS n FROM features ORDER BY \"index\"")
-    code, out, _ = run(capsys, "sql", query, "--db", str(db))
+    code, out, _ = run_cli(capsys, "sql", query, "--db", str(db))
     assert code == 0
     lines = out.splitlines()
     assert max(len(line) for line in lines) <= 100
@@ -69,7 +61,7 @@ def test_a_wide_table_fits_100_columns_and_never_cuts_an_id(env, capsys):
 def test_numbers_are_right_aligned_with_thousands_separators(env, capsys):
     _, db = env
     synced(capsys, db, "--range", "0:2")
-    code, out, _ = run(capsys, "sql", "SELECT * FROM (VALUES (5, 'a', 3), (1234567, 'b', 24576)) t(n, s, \"index\")",
+    code, out, _ = run_cli(capsys, "sql", "SELECT * FROM (VALUES (5, 'a', 3), (1234567, 'b', 24576)) t(n, s, \"index\")",
                        "--db", str(db))
     assert code == 0
     header, rule, small, big = out.splitlines()
@@ -83,7 +75,7 @@ def test_csv_ends_lines_with_newline_only(env, capsys):
     synced(capsys, db, "--range", "0:3")
     for args in (["sql", "SELECT feature_key, top_explanation FROM features"], ["status"],
                  ["show", f"{SOURCE}/1"]):
-        code, out, _ = run(capsys, *args, "--db", str(db), "--format", "csv")
+        code, out, _ = run_cli(capsys, *args, "--db", str(db), "--format", "csv")
         assert code == 0 and out and "\r" not in out, args
         rows = list(csv.reader(io.StringIO(out)))
         assert len(rows) >= 2
@@ -109,7 +101,7 @@ def test_show_in_a_pipe_marks_the_max_token_and_shows_whitespace(env, capsys):
             break
     mirror.close()
     assert chosen is not None, "the seeded emulator has whitespace tokens next to a max token"
-    code, out, _ = run(capsys, "show", str(chosen.id), "--db", str(db), "--acts", str(len(chosen.activations)))
+    code, out, _ = run_cli(capsys, "show", str(chosen.id), "--db", str(db), "--acts", str(len(chosen.activations)))
     assert code == 0
     assert max(len(line) for line in out.splitlines()) <= 100
     assert "\u2423" in out  # ␣
@@ -132,7 +124,7 @@ def test_the_logits_table_shows_whitespace_tokens(env, capsys):
                    if any(t and not t.strip() for t in (f.pos_str or [])[:8] + (f.neg_str or [])[:8])), None)
     mirror.close()
     assert chosen is not None, "the seeded emulator has whitespace-only logits among some feature's top 8"
-    code, out, _ = run(capsys, "show", str(chosen.id), "--db", str(db))
+    code, out, _ = run_cli(capsys, "show", str(chosen.id), "--db", str(db))
     assert code == 0
     logits = out.split("Logits")[1]
     for token in (chosen.pos_str or [])[:8] + (chosen.neg_str or [])[:8]:
@@ -143,21 +135,21 @@ def test_the_logits_table_shows_whitespace_tokens(env, capsys):
 def test_format_json_parses_for_show_fetch_and_status(env, capsys):
     server, db = env
     synced(capsys, db, "--range", "0:4")
-    code, out, _ = run(capsys, "show", f"{SOURCE}/2", "--db", str(db), "--format", "json")
+    code, out, _ = run_cli(capsys, "show", f"{SOURCE}/2", "--db", str(db), "--format", "json")
     assert code == 0 and json.loads(out) == server.state.features_post_item(*SRC, 2)
-    code, alias, _ = run(capsys, "show", f"{SOURCE}/2", "--db", str(db), "--json")
+    code, alias, _ = run_cli(capsys, "show", f"{SOURCE}/2", "--db", str(db), "--json")
     assert code == 0 and alias == out
 
-    code, out, _ = run(capsys, "fetch", f"{SOURCE}/1", f"{SOURCE}/3", "--format", "json")
+    code, out, _ = run_cli(capsys, "fetch", f"{SOURCE}/1", f"{SOURCE}/3", "--format", "json")
     assert code == 0
     assert [(str(f["index"]), f["layer"]) for f in json.loads(out)] == [("1", "0-res-jb"), ("3", "0-res-jb")]
-    code, out, _ = run(capsys, "fetch", f"{SOURCE}/1", f"{SOURCE}/3", "--format", "csv")
+    code, out, _ = run_cli(capsys, "fetch", f"{SOURCE}/1", f"{SOURCE}/3", "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 0 and [r["feature"] for r in rows] == [f"{SOURCE}/1", f"{SOURCE}/3"] and "\r" not in out
-    code, out, _ = run(capsys, "fetch", f"{SOURCE}/1")
+    code, out, _ = run_cli(capsys, "fetch", f"{SOURCE}/1")
     assert code == 0 and out.splitlines()[2].startswith(f"{SOURCE}/1 ")
 
-    code, out, _ = run(capsys, "status", "--db", str(db), "--format", "json")
+    code, out, _ = run_cli(capsys, "status", "--db", str(db), "--format", "json")
     [row] = json.loads(out)
     assert row["present"] == 4
 
@@ -165,15 +157,15 @@ def test_format_json_parses_for_show_fetch_and_status(env, capsys):
 def test_status_counts_explained_features(env, capsys):
     _, db = env
     synced(capsys, db)
-    code, out, _ = run(capsys, "status", "--db", str(db), "--format", "json")
+    code, out, _ = run_cli(capsys, "status", "--db", str(db), "--format", "json")
     assert code == 0
     [row] = json.loads(out)
-    code, sql_out, _ = run(capsys, "sql", "SELECT count(DISTINCT feature_key) AS explained, count(*) AS explanations "
+    code, sql_out, _ = run_cli(capsys, "sql", "SELECT count(DISTINCT feature_key) AS explained, count(*) AS explanations "
                            "FROM explanations", "--db", str(db), "--format", "json")
     [counted] = json.loads(sql_out)
     assert row["explained"] == counted["explained"] and row["explanations"] == counted["explanations"]
     assert 0 < row["explained"] <= row["present"] == 64
-    code, out, _ = run(capsys, "status", "--db", str(db))
+    code, out, _ = run_cli(capsys, "status", "--db", str(db))
     header, _, line = out.splitlines()
     assert "explained" in header.split() and line.startswith(SOURCE + " ")
     assert max(len(x) for x in out.splitlines()) <= 100
@@ -235,7 +227,7 @@ def test_sql_help_lists_every_table_of_the_mirror(capsys):
     from np_mirror.cmd_read import TABLES
 
     assert set(TABLES) == set(MIRROR_TABLES)  # a new table needs its line in `sql --help`
-    code, out, _ = run(capsys, "sql", "--help")
+    code, out, _ = run_cli(capsys, "sql", "--help")
     assert code == 0
     listed = {line.split()[0] for line in out.split("Tables:")[1].split("Arguments:")[0].splitlines() if line.strip()}
     assert listed == set(MIRROR_TABLES)
@@ -249,5 +241,5 @@ def test_sql_help_lists_every_table_of_the_mirror(capsys):
     ("geometry umap", "MODEL/SOURCE"), ("geometry cluster", "MODEL/SOURCE"), ("geometry nullspace", "MODEL/SOURCE"),
 ])
 def test_id_arguments_name_their_shape(capsys, command, metavar):
-    code, out, _ = run(capsys, *command.split(), "--help")
+    code, out, _ = run_cli(capsys, *command.split(), "--help")
     assert code == 0 and metavar in out.splitlines()[0]

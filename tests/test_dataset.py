@@ -17,7 +17,7 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from helpers import LIGHT
+from helpers import LIGHT, run_cli
 from np_mirror.app import main
 from npclient import SourceId
 from npclient.dataset import markers, open_location, read_rows, status, sweep, verify
@@ -32,13 +32,6 @@ D_SAE, D_NEURONS, UNIT = 80, 40, 32
 TABLES = ("features", "activations", "explanations")
 KEYS = {"features": "feature_key", "activations": "feature_key, rank", "explanations": "feature_key, rank",
         "raw_chunks": "feature_key, seq"}
-
-
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +89,14 @@ def test_units_markers_status_and_verify(written, mirror_file, capsys):
     for unit, marker in units.items():
         assert (written / unit.data_key).stat().st_size == marker["size"]
         assert marker["index_range"] == [unit.start, unit.stop] and marker["code_version"].startswith("np-mirror")
-    code, out, err = run(capsys, "dataset", "status", written, "--format", "json")
+    code, out, err = run_cli(capsys, "dataset", "status", written, "--format", "json")
     assert code == 0, err
     rows = {(r["table"], r["source"]): r for r in orjson.loads(out)}
     assert rows[("features", "0-res-jb")]["rows"] == D_SAE and rows[("features", "5")]["rows"] == D_NEURONS
     assert rows[("features", "5")]["feature_count"] == D_NEURONS
     for table in TABLES:
         assert sum(r["rows"] for (t, _), r in rows.items() if t == table) == len(_mirror_rows(mirror_file, table))
-    code, out, err = run(capsys, "dataset", "verify", written)
+    code, out, err = run_cli(capsys, "dataset", "verify", written)
     assert code == 0, err
     manifest = orjson.loads((written / "_np" / "manifest.json").read_bytes())
     assert manifest["ok"] is True and len(manifest["units"]) == len(units)
@@ -112,7 +105,7 @@ def test_units_markers_status_and_verify(written, mirror_file, capsys):
     saved = victim.read_bytes()
     try:
         victim.write_bytes(saved[:-1] + bytes([saved[-1] ^ 1]))
-        code, _, err = run(capsys, "dataset", "verify", written)
+        code, _, err = run_cli(capsys, "dataset", "verify", written)
         assert code == 1 and "sha256" in err
     finally:
         victim.write_bytes(saved)
@@ -122,9 +115,9 @@ def test_a_rerun_skips_committed_units_and_rewrites_identical_bytes(written, mir
     copy = tmp_path / "np"
     shutil.copytree(written, copy)
     before = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*.parquet")}
-    code, _, err = run(capsys, "dataset", "write", copy, "--db", mirror_file, "--unit-features", UNIT)
+    code, _, err = run_cli(capsys, "dataset", "write", copy, "--db", mirror_file, "--unit-features", UNIT)
     assert code == 0 and ": 0 units written" in err and f"{len(before)} already committed" in err, err
-    code, _, err = run(capsys, "dataset", "write", copy, "--db", mirror_file, "--unit-features", UNIT, "--rewrite")
+    code, _, err = run_cli(capsys, "dataset", "write", copy, "--db", mirror_file, "--unit-features", UNIT, "--rewrite")
     assert code == 0 and f"{len(before)} units written" in err, err
     assert {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*.parquet")} == before
 
@@ -140,10 +133,10 @@ def test_a_unit_changed_in_the_mirror_is_written_again(written, mirror_file, tmp
                     f"WHERE source = '{SAE.source}' AND \"index\" >= 70)")
     con.close()
     ds = tmp_path / "np"
-    assert run(capsys, "dataset", "write", ds, str(SAE), "--db", partial, "--unit-features", UNIT)[0] == 0
+    assert run_cli(capsys, "dataset", "write", ds, str(SAE), "--db", partial, "--unit-features", UNIT)[0] == 0
     last = {u: m for u, m in markers(open_location(ds), "features").items() if u.start == 64}
     assert [m["rows"] for m in last.values()] == [6]
-    code, _, err = run(capsys, "dataset", "write", ds, str(SAE), "--db", mirror_file, "--unit-features", UNIT)
+    code, _, err = run_cli(capsys, "dataset", "write", ds, str(SAE), "--db", mirror_file, "--unit-features", UNIT)
     assert code == 0 and "3 units written" in err and "6 already committed" in err, err
     assert verify(open_location(ds)).ok
     _no_duplicates(ds)
@@ -173,7 +166,7 @@ def test_killed_between_the_write_and_the_marker(mirror_file, tmp_path, capsys):
     report = status(loc)
     assert report.ok and any("without a commit marker" in n for n in report.notes)
     assert _temp_files(ds) == []  # the file was renamed whole before the kill
-    code, _, err = run(capsys, "dataset", "write", ds, "--db", mirror_file, "--unit-features", UNIT)
+    code, _, err = run_cli(capsys, "dataset", "write", ds, "--db", mirror_file, "--unit-features", UNIT)
     assert code == 0, err
     assert _temp_files(ds) == [] and verify(loc).ok and not verify(loc).notes
     _no_duplicates(ds)
@@ -201,7 +194,7 @@ def test_killed_before_the_rename_leaves_a_leased_temp_file_that_only_an_expired
     loc = open_location(ds)
     assert not any(p.name.endswith(".parquet") and p.name.startswith(".") for p in ds.rglob("*"))
     # another job finishes the work; its sweep leaves the crashed job's file alone while the lease runs
-    code, _, err = run(capsys, "dataset", "write", ds, "--db", mirror_file, "--unit-features", UNIT, "--job-id", "jobC")
+    code, _, err = run_cli(capsys, "dataset", "write", ds, "--db", mirror_file, "--unit-features", UNIT, "--job-id", "jobC")
     assert code == 0, err
     assert _temp_files(ds) == temps and verify(loc).ok
     assert sweep(loc, now=until - 1) == []
@@ -224,21 +217,21 @@ def test_views_answer_the_mirrors_rows(written, mirror_file, tmp_path, capsys):
         assert mirror.sql("SELECT DISTINCT typeof(source) AS t FROM ds_features").column("t").to_pylist() == ["VARCHAR"]
         assert mirror.sql("SELECT count(*) AS n FROM ds_features WHERE source = '5'").column("n")[0].as_py() == D_NEURONS
     # the CLI's attach stores the views in the file: a later command reads them
-    code, _, err = run(capsys, "dataset", "attach", written, "--db", copy)
+    code, _, err = run_cli(capsys, "dataset", "attach", written, "--db", copy)
     assert code == 0, err
-    code, out, err = run(capsys, "sql", "SELECT count(*) AS n FROM ds_activations", "--db", copy, "--format", "json")
+    code, out, err = run_cli(capsys, "sql", "SELECT count(*) AS n FROM ds_activations", "--db", copy, "--format", "json")
     assert code == 0, err
     assert orjson.loads(out)[0]["n"] == len(_mirror_rows(mirror_file, "activations"))
 
 
 def test_import_from_dataset_equals_the_original_rows(written, mirror_file, tmp_path, capsys):
     fresh = tmp_path / "fresh.duckdb"
-    code, _, err = run(capsys, "import", "--from-dataset", written, str(NEURONS), str(SAE), "--db", fresh)
+    code, _, err = run_cli(capsys, "import", "--from-dataset", written, str(NEURONS), str(SAE), "--db", fresh)
     assert code == 0, err
     for table in (*TABLES, "raw_chunks"):
         assert _mirror_rows(fresh, table) == _mirror_rows(mirror_file, table), table
     # again: the rows are replaced, never doubled
-    code, _, err = run(capsys, "import", "--from-dataset", written, str(NEURONS), "--db", fresh)
+    code, _, err = run_cli(capsys, "import", "--from-dataset", written, str(NEURONS), "--db", fresh)
     assert code == 0, err
     for table in TABLES:
         assert _mirror_rows(fresh, table) == _mirror_rows(mirror_file, table), table
@@ -246,7 +239,7 @@ def test_import_from_dataset_equals_the_original_rows(written, mirror_file, tmp_
     with Mirror(fresh, read_only=True, linger_s=0) as copy, Mirror(mirror_file, read_only=True, linger_s=0) as orig:
         for fid in (f"{NEURONS}/3", f"{SAE}/79"):
             assert copy.feature(fid).raw == orig.feature(fid).raw
-    code, _, err = run(capsys, "import", "--from-dataset", written, f"{M}/9-res-jb", "--db", fresh)
+    code, _, err = run_cli(capsys, "import", "--from-dataset", written, f"{M}/9-res-jb", "--db", fresh)
     assert code == 2 and "not in the dataset" in err
 
 
@@ -273,12 +266,12 @@ def test_polars_reads_the_same_files(written, mirror_file):
 
 def test_an_s3_dataset_written_verified_read_in_place_and_copied(s3_endpoint, mirror_file, tmp_path, capsys):
     url = "s3://np-data/v1"
-    code, _, err = run(capsys, "dataset", "write", url, str(NEURONS), "--db", mirror_file, "--unit-features", UNIT)
+    code, _, err = run_cli(capsys, "dataset", "write", url, str(NEURONS), "--db", mirror_file, "--unit-features", UNIT)
     assert code == 0, err
     loc = open_location(url)
     units = markers(loc)
     assert len(units) == 3 * 2 and all(m["etag"] for m in units.values())
-    code, _, err = run(capsys, "dataset", "verify", url)
+    code, _, err = run_cli(capsys, "dataset", "verify", url)
     assert code == 0, err
     assert loc.exists("_np/manifest.json")
     copy = tmp_path / "m.duckdb"
@@ -287,23 +280,23 @@ def test_an_s3_dataset_written_verified_read_in_place_and_copied(s3_endpoint, mi
         for table in TABLES:
             view = mirror.sql(f"SELECT * FROM ds_{table} ORDER BY {KEYS[table]}").to_pylist()
             assert view == mirror.sql(f"SELECT * FROM {table} WHERE source = '5' ORDER BY {KEYS[table]}").to_pylist()
-    code, _, err = run(capsys, "dataset", "attach", url, "--db", copy)
+    code, _, err = run_cli(capsys, "dataset", "attach", url, "--db", copy)
     assert code == 2 and "httpfs" in err
     fresh = tmp_path / "fresh.duckdb"
-    code, _, err = run(capsys, "import", "--from-dataset", url, str(NEURONS), "--db", fresh)
+    code, _, err = run_cli(capsys, "import", "--from-dataset", url, str(NEURONS), "--db", fresh)
     assert code == 0, err
     for table in (*TABLES, "raw_chunks"):
         assert _mirror_rows(fresh, table, [NEURONS]) == _mirror_rows(mirror_file, table, [NEURONS]), table
 
 
 def test_bad_input_is_one_line_and_exit_2(mirror_file, written, tmp_path, capsys):
-    code, _, err = run(capsys, "dataset", "status", tmp_path / "nowhere")
+    code, _, err = run_cli(capsys, "dataset", "status", tmp_path / "nowhere")
     assert code == 2 and "no dataset at" in err
     afile = tmp_path / "file"
     afile.write_text("x")
-    code, _, err = run(capsys, "dataset", "write", afile, "--db", mirror_file)
+    code, _, err = run_cli(capsys, "dataset", "write", afile, "--db", mirror_file)
     assert code == 2 and "is a file" in err
-    code, _, err = run(capsys, "dataset", "write", tmp_path / "ds", f"{M}/9-res-jb", "--db", mirror_file)
+    code, _, err = run_cli(capsys, "dataset", "write", tmp_path / "ds", f"{M}/9-res-jb", "--db", mirror_file)
     assert code == 2 and "not in the mirror" in err and not (tmp_path / "ds").exists()
-    code, _, err = run(capsys, "import", "--from-dataset", written, "--db", tmp_path / "m.duckdb")
+    code, _, err = run_cli(capsys, "import", "--from-dataset", written, "--db", tmp_path / "m.duckdb")
     assert code == 2 and "name the sources" in err

@@ -16,8 +16,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from helpers import LIGHT
-from np_mirror.app import main
+from helpers import LIGHT, run_cli
 from npclient import SourceId
 from npclient.dataset import markers, open_location, verify
 from npclient.dataset.exports_units import stage_keys
@@ -54,13 +53,6 @@ def bucket(tmp_path_factory):
     import_tree(Mirror(tmp / "ref.duckdb").db, root)
     with S3Server(root) as s3:
         yield {"state": state, "root": root, "url": s3.bucket_url, "ref": tmp / "ref.duckdb", "s3": s3}
-
-
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
 
 
 def contents_of_reference(path: Path) -> dict[str, list[str]]:
@@ -161,7 +153,7 @@ def test_an_s3_dataset_synced_equals_the_local_folder(bucket, local_ds, s3_endpo
 def test_a_rerun_skips_committed_units(bucket, local_ds, tmp_path, capsys):
     ds, first = local_ds
     before = {p: p.stat().st_mtime_ns for p in ds.rglob("*.parquet")}
-    code, _, err = run(capsys, "dataset", "sync", ds, SAE, SMALL, "--exports-url", bucket["url"], "--cache",
+    code, _, err = run_cli(capsys, "dataset", "sync", ds, SAE, SMALL, "--exports-url", bucket["url"], "--cache",
                        tmp_path / "other-cache", "--unit-features", 128, "--exports-only", "-q")
     assert code == 0
     assert f"{first.units} export files ({first.units} already committed, 0 bytes downloaded)" in err
@@ -179,13 +171,13 @@ def test_a_failed_export_file_leaves_its_source_unreduced_until_a_rerun(bucket, 
             "--unit-features", 128, "--exports-only", "-q"]
     bucket["s3"].faults = S3Faults(missing=frozenset({broken}))
     try:
-        code, _, err = run(capsys, *args)
+        code, _, err = run_cli(capsys, *args)
     finally:
         bucket["s3"].faults = S3Faults()
     assert code == 1 and f"export file failed: {broken}" in err and "not reduced" in err
     assert not list((tmp_path / "ds" / "features").glob(f"model={M}/source={SAE.source}/*.parquet"))
     assert list((tmp_path / "ds" / "features").glob(f"model={M}/source={SMALL.source}/*.parquet"))  # the other one is done
-    code, _, err = run(capsys, *args)
+    code, _, err = run_cli(capsys, *args)
     assert code == 0
     assert_sound(tmp_path / "ds")
     assert contents_of_dataset(tmp_path / "ds", tmp_path) == contents_of_dataset(ds, tmp_path)
@@ -248,7 +240,7 @@ def test_the_local_engine_killed_then_rerun_finishes(bucket, local_ds, tmp_path)
     (["gpt2-small/3-res-jb", "--all"], "exactly one"),
 ])
 def test_bad_input_is_exit_2_with_one_line(bucket, tmp_path, capsys, args, says):
-    code, _, err = run(capsys, "dataset", "sync", tmp_path / "ds", *args, "--exports-url", bucket["url"],
+    code, _, err = run_cli(capsys, "dataset", "sync", tmp_path / "ds", *args, "--exports-url", bucket["url"],
                        "--cache", tmp_path / "cache", "-q")
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and says in err, err
@@ -257,7 +249,7 @@ def test_bad_input_is_exit_2_with_one_line(bucket, tmp_path, capsys, args, says)
 
 def test_the_ray_engine_without_ray_is_bad_input_naming_the_extra(bucket, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails, as without np-mirror[ray]
-    code, _, err = run(capsys, "dataset", "sync", tmp_path / "ds", SAE, "--engine", "ray", "--exports-url", bucket["url"],
+    code, _, err = run_cli(capsys, "dataset", "sync", tmp_path / "ds", SAE, "--engine", "ray", "--exports-url", bucket["url"],
                        "--exports-only", "-q")
     assert code == 2 and "np-mirror[ray]" in err and len(err.strip().splitlines()) == 1
 

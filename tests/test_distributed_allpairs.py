@@ -18,6 +18,7 @@ import torch
 
 ray = pytest.importorskip("ray")
 
+from helpers import mirror_neighbors, run_cli, synced_mirror_with_sae  # noqa: E402
 from npclient import SourceId  # noqa: E402
 from npclient.distributed import allpairs as ray_run  # noqa: E402
 from npclient.distributed import ray_allpairs  # noqa: E402
@@ -159,41 +160,24 @@ def test_without_ray_the_engine_is_bad_input_that_names_the_extra():
 
 @pytest.fixture(scope="module")
 def mirror_world(tmp_path_factory):
-    from helpers import synced_mirror_with_sae
-
     server, mirror, _ = synced_mirror_with_sae(tmp_path_factory.mktemp("ray-allpairs"), SRC)
     yield server, mirror
     server.stop()
 
 
-def _cli(capsys, *args: str) -> tuple[int, str, str]:
-    from np_mirror.app import main
-
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err, err
-    return code, out, err
-
-
-def _stored(mirror) -> list[tuple]:
-    return mirror.sql("""SELECT "index", rank, neighbor_index, cosine FROM neighbors
-                         WHERE model_id = ? AND source = ? ORDER BY "index", rank""",
-                      [SRC.model_id, SRC.source]).to_pylist()
-
-
 def test_cli_engine_ray_stores_what_engine_local_stores(cluster, mirror_world, capsys):
     server, mirror = mirror_world
     db = str(mirror.path)
-    code, _, err = _cli(capsys, "geometry", "allpairs", str(SRC), "-k", "8", "--engine", "local", "--db", db,
+    code, _, err = run_cli(capsys, "geometry", "allpairs", str(SRC), "-k", "8", "--engine", "local", "--db", db,
                         "--format", "json", "--limit", "5")
     assert code == 0, err
-    local = _stored(mirror)
+    local = mirror_neighbors(mirror, SRC)
     assert len(local) == 512 * 8
-    code, out, err = _cli(capsys, "geometry", "allpairs", str(SRC), "-k", "8", "--engine", "ray", "--db", db,
+    code, out, err = run_cli(capsys, "geometry", "allpairs", str(SRC), "-k", "8", "--engine", "ray", "--db", db,
                           "--format", "json", "--limit", "5")
     assert code == 0, err
     assert len(json.loads(out)) == 5
-    distributed = _stored(mirror)
+    distributed = mirror_neighbors(mirror, SRC)
     assert [(r["index"], r["rank"]) for r in distributed] == [(r["index"], r["rank"]) for r in local]
     for a, b in zip(distributed, local):
         ca, cb = a["cosine"], b["cosine"]
@@ -213,14 +197,14 @@ def test_cli_engine_ray_stores_what_engine_local_stores(cluster, mirror_world, c
 ])
 def test_cli_engine_options_that_do_not_fit_are_bad_input(cluster, mirror_world, capsys, extra, flag):
     _, mirror = mirror_world
-    code, _, err = _cli(capsys, "geometry", "allpairs", str(SRC), "-k", "4", "--db", str(mirror.path), *extra)
+    code, _, err = run_cli(capsys, "geometry", "allpairs", str(SRC), "-k", "4", "--db", str(mirror.path), *extra)
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and flag in err, err
 
 
 def test_cli_unknown_engine_is_bad_input(mirror_world, capsys):
     _, mirror = mirror_world
-    code, _, err = _cli(capsys, "geometry", "allpairs", str(SRC), "--engine", "spark", "--db", str(mirror.path))
+    code, _, err = run_cli(capsys, "geometry", "allpairs", str(SRC), "--engine", "spark", "--db", str(mirror.path))
     assert code == 2 and "spark" in err, err
 
 

@@ -23,18 +23,13 @@ import torch
 
 ray = pytest.importorskip("ray")
 
+from helpers import mirror_neighbors, run_cli  # noqa: E402
 from npclient import SourceId  # noqa: E402
 from npclient.distributed import ray_allpairs  # noqa: E402
 from npclient.geometry.symmetric import all_pairs_topk  # noqa: E402
 from npclient.geometry.topk import topk_cosine  # noqa: E402
 
 from test_distributed_allpairs import assert_same_topk, random_decoder  # noqa: E402
-
-#: `neighbors` units need the table in the dataset's layout (`dataset.units.TABLES`), which lands
-#: together with `dataset.mirror_io` writing and reading back only the mirror's own tables.
-needs_neighbors_units = pytest.mark.skipif(
-    "neighbors" not in __import__("npclient.dataset.units", fromlist=["TABLES"]).TABLES,
-    reason="needs 'neighbors' in npclient.dataset.units.TABLES (with the mirror_io change that goes with it)")
 
 A = SourceId("gpt2-small", "0-res-jb")
 B = SourceId("gpt2-small", "1-res-jb")
@@ -73,21 +68,6 @@ def world(tmp_path_factory):
         yield server, mirror
     finally:
         server.stop()
-
-
-def _cli(capsys, *args: str) -> tuple[int, str, str]:
-    from np_mirror.app import main
-
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err, err
-    return code, out, err
-
-
-def _mirror_neighbors(mirror, sid) -> list[dict]:
-    return mirror.sql("""SELECT "index", rank, neighbor_index, cosine FROM neighbors
-                         WHERE model_id = ? AND source = ? ORDER BY "index", rank""",
-                      [sid.model_id, sid.source]).to_pylist()
 
 
 def _units(ds: Path, sid: SourceId) -> dict[str, bytes]:
@@ -163,21 +143,20 @@ def test_an_unknown_dtype_is_bad_input(cluster):
 # -- --dataset: neighbours as Parquet units with commit markers -------------------------------------
 
 
-@needs_neighbors_units
 def test_dataset_units_equal_the_local_result_and_the_mirror_table(cluster, world, capsys, tmp_path):
     _, mirror = world
     db = str(mirror.path)
-    code, _, err = _cli(capsys, "geometry", "allpairs", str(A), "-k", "6", "--db", db, "--limit", "3")
+    code, _, err = run_cli(capsys, "geometry", "allpairs", str(A), "-k", "6", "--db", db, "--limit", "3")
     assert code == 0, err
-    table = _mirror_neighbors(mirror, A)
+    table = mirror_neighbors(mirror, A)
     assert len(table) == SIZES[A] * 6
 
     local_ds, ray_ds = tmp_path / "local", tmp_path / "ray"
-    code, out, err = _cli(capsys, "geometry", "allpairs", str(A), "-k", "6", "--db", db, "--dataset", str(local_ds),
+    code, out, err = run_cli(capsys, "geometry", "allpairs", str(A), "-k", "6", "--db", db, "--dataset", str(local_ds),
                           "--unit-features", "100", "--format", "json")
     assert code == 0, err
     assert json.loads(out)[0]["units_written"] == 3 and "3 units written" in err
-    code, _, err = _cli(capsys, "geometry", "allpairs", str(A), "-k", "6", "--db", db, "--dataset", str(ray_ds),
+    code, _, err = run_cli(capsys, "geometry", "allpairs", str(A), "-k", "6", "--db", db, "--dataset", str(ray_ds),
                         "--unit-features", "100", "--engine", "ray")
     assert code == 0, err
     assert list(_units(local_ds, A)) == ["part-0000000000-0000000100.parquet", "part-0000000100-0000000200.parquet",
@@ -196,13 +175,12 @@ def test_dataset_units_equal_the_local_result_and_the_mirror_table(cluster, worl
     assert marker["k"] == 6 and marker["dtype"] == "float32" and marker["rows"] == 600
     assert marker["weights"]["sha256"] == record.sha256 and marker["weights"]["d_sae"] == SIZES[A]
     for ds in (local_ds, ray_ds):
-        code, out, err = _cli(capsys, "dataset", "verify", str(ds), "--format", "json")
+        code, out, err = run_cli(capsys, "dataset", "verify", str(ds), "--format", "json")
         assert code == 0, err
         parts = json.loads(out)
         assert [(p["table"], p["source"], p["units"], p["rows"]) for p in parts] == [("neighbors", A.source, 3, 1536)]
 
 
-@needs_neighbors_units
 def test_a_rerun_skips_committed_units_and_a_retried_unit_rewrites_the_same_bytes(world, tmp_path):
     """A process killed between a unit's file and its marker (the fault point) leaves a whole
     file without a marker; the rerun writes that unit again, byte for byte, and verify passes."""
@@ -245,7 +223,7 @@ def test_all_with_weights_runs_every_source_on_the_same_workers(cluster, world, 
     from npclient.distributed import allpairs as ray_run
 
     _, mirror = world
-    code, out, err = _cli(capsys, "geometry", "allpairs", "--all-with-weights", "-k", "4", "--engine", "ray",
+    code, out, err = run_cli(capsys, "geometry", "allpairs", "--all-with-weights", "-k", "4", "--engine", "ray",
                           "--db", str(mirror.path), "--format", "json")
     assert code == 0, err
     assert [(r["source"], r["rows"]) for r in json.loads(out)] == [(str(A), SIZES[A] * 4), (str(B), SIZES[B] * 4)]
@@ -255,29 +233,28 @@ def test_all_with_weights_runs_every_source_on_the_same_workers(cluster, world, 
     assert pids and pids <= _worker_pids()  # the tiles ran on the resident workers
     workers = _worker_ids()
     for sid in SIZES:
-        _same_rows(_mirror_neighbors(mirror, sid), _ref_rows(all_pairs_topk(mirror.decoder(sid, device="cpu"), 4)))
+        _same_rows(mirror_neighbors(mirror, sid), _ref_rows(all_pairs_topk(mirror.decoder(sid, device="cpu"), 4)))
     # again, at another dtype: the same actors serve every source of both runs
-    code, _, err = _cli(capsys, "geometry", "allpairs", "--all-with-weights", "-k", "4", "--engine", "ray",
+    code, _, err = run_cli(capsys, "geometry", "allpairs", "--all-with-weights", "-k", "4", "--engine", "ray",
                         "--dtype", "bfloat16", "--db", str(mirror.path))
     assert code == 0, err
     assert _worker_ids() == workers and ray_run.last_run.pids <= _worker_pids()
     for sid in SIZES:
         W = mirror.decoder(sid, device="cpu")
         ref = all_pairs_topk(W, 4, dtype="bfloat16", block_rows=2048)
-        _same_rows(_mirror_neighbors(mirror, sid), _ref_rows(ref))
+        _same_rows(mirror_neighbors(mirror, sid), _ref_rows(ref))
 
 
-@needs_neighbors_units
 def test_all_with_weights_into_the_dataset(cluster, world, capsys, tmp_path):
     _, mirror = world
     ds = tmp_path / "ds"
-    code, out, err = _cli(capsys, "geometry", "allpairs", "--all-with-weights", "-k", "4", "--engine", "ray",
+    code, out, err = run_cli(capsys, "geometry", "allpairs", "--all-with-weights", "-k", "4", "--engine", "ray",
                           "--db", str(mirror.path), "--dataset", str(ds), "--unit-features", "100", "--format", "json")
     assert code == 0, err
     assert [(r["source"], r["units_written"]) for r in json.loads(out)] == [(str(A), 3), (str(B), 2)]
     for sid in SIZES:
         _same_rows(_unit_rows(ds, sid), _ref_rows(all_pairs_topk(mirror.decoder(sid, device="cpu"), 4)))
-    code, out, err = _cli(capsys, "dataset", "verify", str(ds), "--format", "json")
+    code, out, err = run_cli(capsys, "dataset", "verify", str(ds), "--format", "json")
     assert code == 0, err
     assert [(p["source"], p["units"]) for p in json.loads(out)] == [(A.source, 3), (B.source, 2)]
 
@@ -314,11 +291,11 @@ def test_ray_match_over_pairs_equals_local_match(cluster, world, capsys):
     db = str(mirror.path)
     local = {}
     for a, b in ((A, B), (B, A)):
-        code, _, err = _cli(capsys, "geometry", "match", str(a), str(b), "-k", "3", "--db", db, "--limit", "2")
+        code, _, err = run_cli(capsys, "geometry", "match", str(a), str(b), "-k", "3", "--db", db, "--limit", "2")
         assert code == 0, err
         local[(a, b)] = _matches(mirror, a, b)
         assert len(local[(a, b)]) == SIZES[a] * 3
-    code, out, err = _cli(capsys, "geometry", "match", "--pairs", f"{A}:{B},{B}:{A}", "-k", "3", "--engine", "ray",
+    code, out, err = run_cli(capsys, "geometry", "match", "--pairs", f"{A}:{B},{B}:{A}", "-k", "3", "--engine", "ray",
                           "--db", db, "--format", "json")
     assert code == 0, err
     summary = json.loads(out)
@@ -351,13 +328,13 @@ def test_a_worker_killed_during_a_match_is_restarted_and_the_result_is_still_loc
 def test_adjacent_layers_of_a_model_and_a_single_pair_on_ray(cluster, world, capsys):
     _, mirror = world
     db = str(mirror.path)
-    code, out, err = _cli(capsys, "geometry", "match", "--adjacent", "gpt2-small", "-k", "2", "--engine", "ray",
+    code, out, err = run_cli(capsys, "geometry", "match", "--adjacent", "gpt2-small", "-k", "2", "--engine", "ray",
                           "--db", db, "--format", "json")
     assert code == 0, err
     assert [(r["source"], r["against"]) for r in json.loads(out)] == [(str(A), str(B))]
     ref = topk_cosine(mirror.decoder(A, device="cpu"), mirror.decoder(B, device="cpu"), 2)
     assert [r["match_index"] for r in _matches(mirror, A, B)] == ref.indices.reshape(-1).tolist()
-    code, out, err = _cli(capsys, "geometry", "match", str(B), str(A), "-k", "2", "--engine", "ray", "--db", db,
+    code, out, err = run_cli(capsys, "geometry", "match", str(B), str(A), "-k", "2", "--engine", "ray", "--db", db,
                           "--format", "json")
     assert code == 0, err
     ref = topk_cosine(mirror.decoder(B, device="cpu"), mirror.decoder(A, device="cpu"), 2)
@@ -382,7 +359,7 @@ def test_adjacent_layers_of_a_model_and_a_single_pair_on_ray(cluster, world, cap
 ])
 def test_bad_input_is_exit_2_with_one_line(cluster, world, capsys, args, needle):
     _, mirror = world
-    code, _, err = _cli(capsys, *args, "--db", str(mirror.path))
+    code, _, err = run_cli(capsys, *args, "--db", str(mirror.path))
     assert code == 2, err
     assert needle in err and len(err.strip().splitlines()) == 1, err
 
@@ -391,5 +368,5 @@ def test_a_dataset_path_that_is_a_file_is_bad_input(world, capsys, tmp_path):
     _, mirror = world
     f = tmp_path / "a-file"
     f.write_text("x")
-    code, _, err = _cli(capsys, "geometry", "allpairs", str(A), "--dataset", str(f), "--db", str(mirror.path))
+    code, _, err = run_cli(capsys, "geometry", "allpairs", str(A), "--dataset", str(f), "--db", str(mirror.path))
     assert code == 2 and "a-file" in err, err
