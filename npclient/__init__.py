@@ -5,8 +5,6 @@ torch, sae_lens and umap are imported only by the modules that need them, so
 `import npclient` stays fast.
 """
 
-from .blocking import BlockingClient
-from .http.client import NeuronpediaClient
 from .errors import (
     APIStatusError,
     BadRequest,
@@ -27,23 +25,21 @@ from .errors import (
     WeightsError,
 )
 from .ids import FeatureId, SourceId, SourceSetId
-from .models import (
-    Activation,
-    Explanation,
-    ExplanationScore,
-    Feature,
-    ModelInfo,
-    SearchResult,
-    SourceInfo,
-    SourceSetInfo,
-    VectorInfo,
-)
-from .http.pacing import Budget, Pacer
-from .http.retry import RetryPolicy
 
 __version__ = "0.1.0"
 
-_LAZY = {"Mirror": "npclient.mirror"}  # DuckDB and Arrow load on first use, not on import
+# loaded on first use, not on import: DuckDB and Arrow (Mirror), httpx and asyncio (the clients), pydantic (the models),
+# so a command that never touches the network does not pay for them
+_LAZY = {
+    "Mirror": "npclient.mirror",
+    "BlockingClient": "npclient.blocking",
+    "NeuronpediaClient": "npclient.http.client",
+    "Budget": "npclient.http.pacing",
+    "Pacer": "npclient.http.pacing",
+    "RetryPolicy": "npclient.http.retry",
+    **{name: "npclient.models" for name in ("Activation", "Explanation", "ExplanationScore", "Feature", "ModelInfo",
+                                            "SearchResult", "SourceInfo", "SourceSetInfo", "VectorInfo")},
+}
 
 
 def __getattr__(name: str) -> object:

@@ -128,8 +128,24 @@ def test_the_low_precision_tiles_merged_equal_local_without_ray():
     vals, idx = _sort_rows(torch.where(vals == _NEG, _NEG, _rescore(U, idx, lambda ii: U[ii])), idx)
     ref = all_pairs_topk(W, 8, block_rows=64, dtype="bfloat16")
     assert_same_topk(type(ref)(torch.cat((ref.values[:, :1], vals), 1), torch.cat((ref.indices[:, :1], idx), 1)), ref)
-    with pytest.raises(ValueError):
-        run_tile(U.to(torch.bfloat16), [(0, 0)], 64, 7, heap=True)
+
+
+def test_the_bf16_candidate_tiles_merged_and_rescored_equal_local_to_the_bit():
+    """The Ray engine's float32 path with a bf16 candidate pass, without Ray: heap tiles over U in
+    bfloat16 (k = the candidate slots), merged, rescored by `exact_from_candidates`: bit-equal to
+    the local `all_pairs_topk` with the same prefilter at another block size."""
+    from npclient.distributed.pairs import merge_partials, run_tile, tiles
+    from npclient.geometry.device import normalize_rows
+    from npclient.geometry.prefilter import exact_from_candidates, slots
+
+    W = random_decoder(400, 12, 9)
+    U, _ = normalize_rows(W)
+    kp = slots(7, 399)
+    parts = [run_tile(U.to(torch.bfloat16), t, 64, kp, heap=True) for t in tiles(-(-400 // 64), 3)]
+    vals, idx = merge_partials(parts, 400, kp)
+    vals, idx = exact_from_candidates(U, U.bfloat16(), vals.numpy(), idx.numpy(), 7)
+    ref = all_pairs_topk(W, 8, block_rows=96, prefilter="bfloat16")
+    assert torch.equal(ref.indices[:, 1:], idx) and torch.equal(ref.values[:, 1:], vals)
 
 
 def test_an_unknown_dtype_is_bad_input(cluster):

@@ -51,10 +51,12 @@ class PairWorker:
         return {"pid": os.getpid(), "device": str(self.device), "restarted": self.restarted}
 
     def run(self, U_box: list, key: Any, k: int, block: int, pairs: list[Pair],
-            fault: Optional[str] = None, dtype: str = "float32") -> tuple[Partial, dict[str, Any]]:
+            fault: Optional[str] = None, dtype: str = "float32", prefilter: bool = False) -> tuple[Partial, dict[str, Any]]:
         """The partial top-k of tile `pairs` of the decoder in `U_box` ([ObjectRef]; job `key`).
         `fault`: the driver's NP_MIRROR_FAULT, set here for `faults.point`. `dtype`: the matmul
-        dtype (bfloat16/float16 select with the torch dense path, as the local engine does)."""
+        dtype (bfloat16/float16 select with the torch dense path, as the local engine does).
+        `prefilter` (float32, heap scan): the candidates' approximate top-k from bfloat16 products,
+        which the driver rescores exactly (`geometry.prefilter`), as the local engine does."""
         _set_fault(fault)
         t0 = time.perf_counter()
         if key != self.key:
@@ -64,11 +66,15 @@ class PairWorker:
             self.U = torch.tensor(ray.get(U_box[0]), dtype=torch.float32, device=self.device)  # one copy, resident
             self.key = key
         dt = resolve_dtype(dtype, self.device)
-        if dt != torch.float32 and (self.low is None or self.low.dtype != dt):
-            self.low = self.U.to(dt)
+        prefilter = bool(prefilter) and self.heap and dt == torch.float32
+        low_dt = torch.bfloat16 if prefilter else dt
+        if low_dt != torch.float32 and (self.low is None or self.low.dtype != low_dt):
+            self.low = self.U.to(low_dt)
         on_pair = None if self.restarted else (lambda: faults.point(FAULT_POINT))
         t1 = time.perf_counter()
-        if dt == torch.float32:
+        if prefilter:
+            part = run_tile(self.low, pairs, int(block), int(k), heap=True, on_pair=on_pair)
+        elif dt == torch.float32:
             part = run_tile(self.U, pairs, int(block), int(k), heap=self.heap, on_pair=on_pair)
         else:
             part = run_tile(self.low, pairs, int(block), int(k), heap=False, on_pair=on_pair)

@@ -21,6 +21,7 @@ from ..errors import InvalidOptionError, NPError
 from ..geometry.blocks import _fill, _n_rows, _rescore, default_block_rows
 from ..geometry.device import DTypeLike, as_float32, normalize_rows, resolve_dtype
 from ..geometry.merge import _NEG, TopK, _sort_rows
+from ..geometry.prefilter import Prefilter, exact_from_candidates, resolve_prefilter, slots
 from .cluster import actor_shape, connect, fault_spec
 from .pairs import block_pairs, merge_partials, tiles
 from .pool import forget, workers
@@ -57,6 +58,7 @@ def ray_allpairs(
     block_rows: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
     dtype: DTypeLike = None,
+    prefilter: Prefilter = "auto",
 ) -> TopK:
     """`all_pairs_topk(W, k)` computed by Ray actors: every row itself first, then its k-1
     most cosine-similar other rows (Neuronpedia's `topkCosSim` layout; see `all_pairs_topk`).
@@ -68,9 +70,12 @@ def ray_allpairs(
     `dtype`: the matmul dtype, as `all_pairs_topk` takes it: bfloat16/float16 select on the
     low-precision products block by block (the torch dense path, as the local engine at that
     dtype), then the chosen neighbours are rescored in float32, so values are exact cosines and
-    equal the local engine's at the same dtype and block size. Returns CPU tensors.
+    equal the local engine's at the same dtype and block size. `prefilter`: as `all_pairs_topk`
+    (CPU actors, float32): candidates from bfloat16 products, rescored exactly by the driver, so
+    the answer equals the local engine's to the bit. Returns CPU tensors.
     """
     dt = resolve_dtype(dtype, "cpu")  # the name checked here; the actors resolve it on their devices
+    low_candidates = resolve_prefilter(prefilter, torch.device("cpu"))
     n, d = _n_rows(W)
     if k < 0:
         raise InvalidOptionError(f"k must be >= 0, got {k}", option="k")
@@ -89,7 +94,7 @@ def ray_allpairs(
     kv = min(width, max(nv - 1, 0))
     if kv > 0:
         U = (un[vid] if nv < n else un).contiguous()
-        vals, idx = _distributed(U, kv, address, num_gpus_per_actor, block_rows, progress, dt)
+        vals, idx = _distributed(U, kv, address, num_gpus_per_actor, block_rows, progress, dt, low_candidates)
         if dt != torch.float32:  # exact float32 cosines of the chosen neighbours, as all_pairs_topk
             vals = torch.where(vals == _NEG, _NEG, _rescore(U, idx, lambda ii: U[ii]))
             vals, idx = _sort_rows(vals, idx)
@@ -113,10 +118,13 @@ def ray_allpairs(
 
 def _distributed(U: torch.Tensor, k: int, address: Optional[str], gpus: Optional[float], block_rows: Optional[int],
                  progress: Optional[Callable[[int, int], None]],
-                 dt: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sorted top-k (self excluded, valid-row ids) of every row of unit-row matrix U, on Ray."""
+                 dt: torch.dtype = torch.float32, low_candidates: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted top-k (self excluded, valid-row ids) of every row of unit-row matrix U, on Ray.
+    `low_candidates`: CPU actors keep `slots(k)` bfloat16 candidates a row, rescored here."""
     ray = connect(address)
     per, n_actors = actor_shape(ray, gpus)
+    low_candidates = low_candidates and per == 0 and dt == torch.float32
+    k_run = slots(k, U.shape[0] - 1) if low_candidates else k
     nv, d = U.shape
     block = int(block_rows) if block_rows else default_block_rows(torch.device("cuda" if per > 0 else "cpu"), d, dt)
     dname = str(dt).removeprefix("torch.")
@@ -137,7 +145,7 @@ def _distributed(U: torch.Tensor, k: int, address: Optional[str], gpus: Optional
         for a in actors:
             if pending:
                 tile = pending.pop()
-                running[a.run.remote(box, key, k, block, tile, fault, dname)] = (a, tile)
+                running[a.run.remote(box, key, k_run, block, tile, fault, dname, low_candidates)] = (a, tile)
         done_pairs = 0
         while running:
             ready, _ = ray.wait(list(running), num_returns=1)
@@ -154,13 +162,15 @@ def _distributed(U: torch.Tensor, k: int, address: Optional[str], gpus: Optional
                 progress(done_pairs, total_pairs)
             if pending:
                 nxt = pending.pop()
-                running[a.run.remote(box, key, k, block, nxt, fault, dname)] = (a, nxt)
+                running[a.run.remote(box, key, k_run, block, nxt, fault, dname, low_candidates)] = (a, nxt)
         ray.get([a.release.remote() for a in actors])
     except ray.exceptions.RayError as e:
         forget(ray, per, n_actors)
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise NPError(f"the Ray all-pairs failed: {type(e).__name__}: {first}") from e
     t = time.perf_counter()
-    out = merge_partials(partials, nv, k)
+    out = merge_partials(partials, nv, k_run)
+    if low_candidates:
+        out = exact_from_candidates(U, U.bfloat16(), out[0].numpy(), out[1].numpy(), k, threads=torch.get_num_threads())
     info.merge_s = time.perf_counter() - t
     return out

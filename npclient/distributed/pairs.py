@@ -71,10 +71,9 @@ def run_tile(U: torch.Tensor, pairs: list[Pair], block: int, k: int, *, heap: bo
 
     U in bfloat16/float16 selects on the low-precision products, block by block exactly as
     `all_pairs_topk` does at that dtype (the same GEMM shapes, so the same products); the
-    values are those products, which the driver rescores in float32 after the merge."""
+    values are those products, which the driver rescores in float32 after the merge. With
+    `heap` and U in bfloat16 this is the candidate pass of `geometry.prefilter` (k = its slots)."""
     low = U.dtype != torch.float32
-    if low and heap:
-        raise ValueError("the heap scan runs on float32 rows only")
     nv = U.shape[0]
     touched = sorted({b for p in pairs for b in p})
     spans = {b: (b * block, min(b * block + block, nv)) for b in touched}

@@ -9,7 +9,8 @@ Device: CUDA, then MPS, then CPU unless `device=` says otherwise; float32 by def
 (TF32 off on CUDA), `dtype="bfloat16"`/`"float16"` on request (meant for GPUs).
 
 The search, by job: `topk` (queries vs keys; conventions), `symmetric` (all pairs), `merge`
-(`TopK`, `merge_topk`), `dense` and `heap_kernel` (the selections), `blocks` (shared helpers),
+(`TopK`, `merge_topk`), `dense` and `heap_kernel` (the selections), `prefilter` (bfloat16
+candidates for the float32 all-pairs on AMX CPUs, rescored exactly), `blocks` (shared helpers),
 `threads` (torch's thread count). `knn` is their old single module, kept as a facade.
 """
 

@@ -3,8 +3,9 @@
 - `pick_device(device=None)`: an explicit device, else CUDA, then MPS, then CPU.
 - `resolve_dtype(dtype, device)`: float32 by default; bfloat16 / float16 on request. On CUDA,
   float32 turns TF32 matmuls off (`torch.backends.cuda.matmul.allow_tf32 = False`, a process-wide
-  flag) so float32 results stay exact. On this project's CPUs bf16/fp16 matmuls are 5-6x
-  *slower* than float32: low precision is meant for GPUs.
+  flag) so float32 results stay exact. On CPUs without AMX bf16/fp16 matmuls are 5-6x
+  *slower* than float32: low precision is meant for GPUs (with AMX, the float32 all-pairs
+  itself takes bf16 candidates and rescores them: `prefilter`).
 - `normalize_rows(x)`: unit rows in float32 and a mask of the rows whose cosine is undefined
   (a zero row, or any NaN/Inf), which the neighbour search ranks after every defined value,
   exactly as Neuronpedia's `topkCosSim*` (and the emulator's `_normalise`) do.
