@@ -103,31 +103,36 @@ def _threshold_py(kth, e, c):  # pragma: no cover - compiled by numba
     return Z / (1 + c) if Z >= 0 else Z / (1 - c)
 
 
-def _candidates_py(V, I, k, n_others, E, c, r0, r1, cand, count):  # pragma: no cover - compiled by numba
+def _candidates_py(V, I, k, n_others, E, c, r0, r1, cand, cval, count):  # pragma: no cover - compiled by numba
     """Rows r0:r1 of the approximate lists (V values, I ids, I < 0 empty): each row's
-    candidates (ids with x >= T, into cand[r]) and their number, or -1 where the list may
-    miss a neighbour."""
+    candidates (ids with x >= T, best x first, into cand[r], their x into cval[r]) and their
+    number, or -1 where the list may miss a neighbour."""
     Kp = V.shape[1]
     buf = np.empty(Kp, np.float32)
+    ids = np.empty(Kp, np.int64)
     for r in range(r0, r1):
         m = 0
         for j in range(Kp):
             if I[r, j] >= 0:
                 buf[m] = V[r, j]
+                ids[m] = I[r, j]
                 m += 1
         if m == 0:
             count[r] = 0
             continue
-        s = np.sort(buf[:m])
-        T = _threshold(s[m - k] if m >= k else s[0], E[r], c)
-        if m < n_others and s[0] >= T:
+        o = np.argsort(buf[:m])
+        T = _threshold(buf[o[m - k]] if m >= k else buf[o[0]], E[r], c)
+        if m < n_others and buf[o[0]] >= T:
             count[r] = -1
             continue
         q = 0
-        for j in range(Kp):
-            if I[r, j] >= 0 and V[r, j] >= T:
-                cand[r, q] = I[r, j]
-                q += 1
+        for t in range(m - 1, -1, -1):
+            x = buf[o[t]]
+            if x < T:
+                break
+            cand[r, q] = ids[o[t]]
+            cval[r, q] = x
+            q += 1
         count[r] = q
 
 
@@ -136,26 +141,26 @@ def _thresholds_py(kth, E, c, out):  # pragma: no cover - compiled by numba
         out[r] = _threshold(kth[r], E[r], c)
 
 
-def _rescore_top_py(U, rows, cand, count, k, out_v, out_i):  # pragma: no cover - compiled by numba
-    """For each rows[p]: the exact cosine (float64 sum, rounded to float32) with each of its
-    candidates cand[p, :count[p]], and the k best into out_v/out_i[rows[p]] (value descending,
-    ties by lower id; unfilled slots stay -inf / -1)."""
+def _rescore_top_py(U, rows, cand, cval, count, E, c, k, out_v, out_i):  # pragma: no cover - compiled by numba
+    """For each rows[p]: the exact cosine (float64 sum, rounded to float32) with its candidates
+    cand[p, :count[p]] (best approximation cval first), the k best into out_v/out_i[rows[p]]
+    (value descending, ties by lower id; unfilled slots stay -inf / -1). Stops at the first
+    candidate whose bound x + E + c|x| is below the k-th exact value: no later one can enter."""
     d = U.shape[1]
-    ys = np.empty(cand.shape[1], np.float32)
     for p in range(rows.shape[0]):
         r = rows[p]
         ur = U[r]
-        nc = count[p]
-        for t in range(nc):
-            uj = U[cand[p, t]]
+        filled = 0
+        for t in range(count[p]):
+            x = cval[p, t]
+            if filled == k and x + E[r] + c * abs(x) < out_v[r, k - 1]:
+                break
+            j = cand[p, t]
+            uj = U[j]
             acc = 0.0
             for e in range(d):
                 acc += np.float64(ur[e]) * np.float64(uj[e])
-            ys[t] = np.float32(acc)
-        filled = 0
-        for t in range(nc):
-            y = ys[t]
-            j = cand[p, t]
+            y = np.float32(acc)
             if filled == k:
                 lv = out_v[r, k - 1]
                 if y < lv or (y == lv and j > out_i[r, k - 1]):
@@ -207,14 +212,19 @@ def exact_from_candidates(U: torch.Tensor, low: Optional[torch.Tensor], vals: np
     vals = np.ascontiguousarray(vals, dtype=np.float32)
     idx = np.ascontiguousarray(idx, dtype=np.int64)
     cand = np.empty(idx.shape, dtype=np.int64)
+    cval = np.empty(idx.shape, dtype=np.float32)
     count = np.empty(n, dtype=np.int64)
     out_v = np.full((n, k), -np.inf, dtype=np.float32)
     out_i = np.full((n, k), -1, dtype=np.int64)
+
+    def rescore(span: tuple[int, int]) -> None:
+        rows = settled[span[0]:span[1]]
+        rescore_k(Uc, rows, cand[rows], cval[rows], count[rows], E, c, k, out_v, out_i)
+
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        list(pool.map(lambda s: cand_k(vals, idx, k, n - 1, E, c, s[0], s[1], cand, count), _spans(n, threads)))
+        list(pool.map(lambda s: cand_k(vals, idx, k, n - 1, E, c, s[0], s[1], cand, cval, count), _spans(n, threads)))
         settled = np.flatnonzero(count >= 0)
-        list(pool.map(lambda s: rescore_k(Uc, settled[s[0]:s[1]], cand[settled[s[0]:s[1]]], count[settled[s[0]:s[1]]],
-                                          k, out_v, out_i), _spans(settled.size, threads)))
+        list(pool.map(rescore, _spans(settled.size, threads)))
     unsettled = np.flatnonzero(count < 0)
     if unsettled.size:
         _whole_rows(U, low, Uc, unsettled, k, E, c, out_v, out_i)
@@ -238,9 +248,16 @@ def _whole_rows(U: torch.Tensor, low: Optional[torch.Tensor], Uc: np.ndarray, ro
         kth = torch.topk(S, kk, dim=1).values[:, -1].numpy().astype(np.float32)
         T = np.empty(rr.size, dtype=np.float64)
         thresholds_k(kth, E[rr], c, T)
-        mask = (S >= torch.from_numpy(T).float().unsqueeze(1).nextafter(torch.tensor(float("-inf")))).numpy()
+        Sn = S.numpy()
+        mask = Sn >= torch.from_numpy(T).float().nextafter(torch.tensor(float("-inf"))).numpy()[:, None]
         lists = [np.flatnonzero(m) for m in mask]
-        cand = np.full((rr.size, max(1, max(len(x) for x in lists))), -1, dtype=np.int64)
+        width = max(1, max(len(x) for x in lists))
+        cand = np.full((rr.size, width), -1, dtype=np.int64)
+        cval = np.full((rr.size, width), np.inf, dtype=np.float32)
         for p, x in enumerate(lists):
-            cand[p, :len(x)] = x
-        rescore_k(Uc, rr.astype(np.int64), cand, np.array([len(x) for x in lists], dtype=np.int64), k, out_v, out_i)
+            xs = Sn[p, x]
+            o = np.argsort(-xs, kind="stable")
+            cand[p, :len(x)] = x[o]
+            cval[p, :len(x)] = xs[o]
+        rescore_k(Uc, rr.astype(np.int64), cand, cval, np.array([len(x) for x in lists], dtype=np.int64), E, c, k,
+                  out_v, out_i)
