@@ -134,18 +134,23 @@ def test_the_bf16_candidate_tiles_merged_and_rescored_equal_local_to_the_bit():
     """The Ray engine's float32 path with a bf16 candidate pass, without Ray: heap tiles over U in
     bfloat16 (k = the candidate slots), merged, rescored by `exact_from_candidates`: bit-equal to
     the local `all_pairs_topk` with the same prefilter at another block size."""
-    from npclient.distributed.pairs import merge_partials, run_tile, tiles
+    from npclient.distributed.pairs import merge_partials, run_tile, side_by_side, tiles
     from npclient.geometry.device import normalize_rows
     from npclient.geometry.prefilter import exact_from_candidates, slots
 
-    W = random_decoder(400, 12, 9)
-    U, _ = normalize_rows(W)
-    kp = slots(7, 399)
-    parts = [run_tile(U.to(torch.bfloat16), t, 64, kp, heap=True) for t in tiles(-(-400 // 64), 3)]
-    vals, idx = merge_partials(parts, 400, kp)
-    vals, idx = exact_from_candidates(U, U.bfloat16(), vals.numpy(), idx.numpy(), 7)
-    ref = all_pairs_topk(W, 8, block_rows=96, prefilter="bfloat16")
-    assert torch.equal(ref.indices[:, 1:], idx) and torch.equal(ref.values[:, 1:], vals)
+    duplicates = torch.randn(8, 12, generator=torch.Generator().manual_seed(3)).repeat_interleave(50, 0)
+    for W in (random_decoder(400, 12, 9), duplicates * torch.linspace(0.5, 2, 400).unsqueeze(1)):
+        U, _ = normalize_rows(W)
+        kp = slots(7, 399)  # 30: clusters of 50 equal directions cannot be settled by the lists
+        parts = [run_tile(U.to(torch.bfloat16), t, 64, kp, heap=True) for t in tiles(-(-400 // 64), 3)]
+        ref = all_pairs_topk(W, 8, block_rows=96, prefilter="bfloat16")
+        # the tiles' lists side by side (what the engine rescores) and merged to one list a row
+        V, I = side_by_side(parts, 400, kp)
+        assert V.shape[1] > kp
+        merged = [t.numpy() for t in merge_partials(parts, 400, kp)]
+        for vals, idx in (exact_from_candidates(U, U.bfloat16(), V, I, 7, slots=kp),
+                          exact_from_candidates(U, U.bfloat16(), *merged, 7)):
+            assert torch.equal(ref.indices[:, 1:], idx) and torch.equal(ref.values[:, 1:], vals)
 
 
 def test_an_unknown_dtype_is_bad_input(cluster):

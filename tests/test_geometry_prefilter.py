@@ -105,4 +105,4 @@ def test_prefilter_choice():
     with pytest.raises(InvalidOptionError) as e:
         all_pairs_topk(random_matrix(10, 4, 0), 3, prefilter="int8")
     assert e.value.option == "prefilter"
-    assert pf.slots(24, 10_000) == 64 and pf.slots(24, 20) == 20
+    assert pf.slots(24, 10_000) == 64 and pf.slots(24, 20) == 20 and pf.slots(24, 10_000, lists=4) == 32

@@ -23,7 +23,7 @@ from ..geometry.device import DTypeLike, as_float32, normalize_rows, resolve_dty
 from ..geometry.merge import _NEG, TopK, _sort_rows
 from ..geometry.prefilter import Prefilter, exact_from_candidates, resolve_prefilter, slots
 from .cluster import actor_shape, connect, fault_spec
-from .pairs import block_pairs, merge_partials, tiles
+from .pairs import block_pairs, merge_partials, side_by_side, tiles
 from .pool import forget, workers
 
 __all__ = ["ray_allpairs", "RunInfo", "last_run"]
@@ -124,12 +124,13 @@ def _distributed(U: torch.Tensor, k: int, address: Optional[str], gpus: Optional
     ray = connect(address)
     per, n_actors = actor_shape(ray, gpus)
     low_candidates = low_candidates and per == 0 and dt == torch.float32
-    k_run = slots(k, U.shape[0] - 1) if low_candidates else k
     nv, d = U.shape
     block = int(block_rows) if block_rows else default_block_rows(torch.device("cuda" if per > 0 else "cpu"), d, dt)
     dname = str(dt).removeprefix("torch.")
     n_blocks = -(-nv // block)
     work = tiles(n_blocks, n_actors)
+    lists_a_row = sum(1 for t in work if any(0 in p for p in t))  # tiles holding row block 0: each gives it a list
+    k_run = slots(k, nv - 1, lists=lists_a_row) if low_candidates else k
     total_pairs = len(block_pairs(n_blocks))
     info = last_run
     info.reset(len(work), total_pairs)
@@ -169,8 +170,10 @@ def _distributed(U: torch.Tensor, k: int, address: Optional[str], gpus: Optional
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise NPError(f"the Ray all-pairs failed: {type(e).__name__}: {first}") from e
     t = time.perf_counter()
-    out = merge_partials(partials, nv, k_run)
-    if low_candidates:
-        out = exact_from_candidates(U, U.bfloat16(), out[0].numpy(), out[1].numpy(), k, threads=torch.get_num_threads())
+    if low_candidates:  # the tiles' candidate lists go to the exact rescoring as they are, unmerged
+        V, I = side_by_side(partials, nv, k_run)
+        out = exact_from_candidates(U, U.bfloat16(), V, I, k, slots=k_run, threads=torch.get_num_threads())
+    else:
+        out = merge_partials(partials, nv, k_run)
     info.merge_s = time.perf_counter() - t
     return out

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..geometry.heap_kernel import _Heaps, _numba_scan
-from ..geometry.merge import _NEG, _Running, merge_topk
+from ..geometry.merge import _Running, merge_topk
 from ..geometry.symmetric import dense_pair, heap_pair
 
 __all__ = ["Partial", "block_pairs", "merge_partials", "run_tile", "tiles"]
@@ -103,23 +103,29 @@ def run_tile(U: torch.Tensor, pairs: list[Pair], block: int, k: int, *, heap: bo
     return Partial(rows, vals.numpy(), idx.numpy())
 
 
-def merge_partials(partials: list[Partial], n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's top k (sorted; value descending, ties by lower index, empty slots -inf/-1)
-    over all the partial lists that cover it: the lists side by side, then `merge_topk`."""
+def side_by_side(partials: list[Partial], n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's partial lists (k wide each) side by side, (n, most lists a row * k); slots no
+    list fills are empty (-inf / -1)."""
     counts = np.zeros(n, dtype=np.int64)
     for p in partials:
         counts[p.rows] += 1
     width = int(counts.max(initial=0)) * k
-    V = torch.full((n, width), _NEG, dtype=torch.float32)
-    I = torch.full((n, width), -1, dtype=torch.int64)
-    slot = torch.zeros(n, dtype=torch.int64)
-    ar = torch.arange(k, dtype=torch.int64)
+    V = np.full((n, width), -np.inf, dtype=np.float32)
+    I = np.full((n, width), -1, dtype=np.int64)
+    slot = np.zeros(n, dtype=np.int64)
+    ar = np.arange(k, dtype=np.int64)
     for p in partials:
-        rows = torch.tensor(p.rows)
-        cols = (slot[rows] * k).unsqueeze(1) + ar
-        V[rows.unsqueeze(1), cols] = torch.tensor(p.vals)
-        I[rows.unsqueeze(1), cols] = torch.tensor(p.idx)
-        slot[rows] += 1
+        cols = (slot[p.rows] * k)[:, None] + ar
+        V[p.rows[:, None], cols] = p.vals
+        I[p.rows[:, None], cols] = p.idx
+        slot[p.rows] += 1
+    return V, I
+
+
+def merge_partials(partials: list[Partial], n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's top k (sorted; value descending, ties by lower index, empty slots -inf/-1)
+    over all the partial lists that cover it: the lists side by side, then `merge_topk`."""
+    V, I = side_by_side(partials, n, k)
     empty = torch.empty((n, 0))
-    out = merge_topk(V, I, empty, empty.long(), k)
+    out = merge_topk(torch.from_numpy(V), torch.from_numpy(I), empty, empty.long(), k)
     return out.values, out.indices

@@ -68,10 +68,12 @@ def resolve_prefilter(prefilter: str, device: torch.device) -> bool:
     return prefilter == "bfloat16" or amx_bf16()
 
 
-def slots(k: int, n_others: int) -> int:
-    """Candidates the bf16 pass keeps per row for a final top k: 2k + 16 (at k = 24 on random
-    768-d rows the proof holds for ~94% of rows, which then rescore ~50 candidates each)."""
-    return max(1, min(2 * int(k) + 16, int(n_others)))
+def slots(k: int, n_others: int, *, lists: int = 1) -> int:
+    """Candidates the bf16 pass keeps per row for a final top k: 2k + 16 in one list (at k = 24
+    on random 768-d rows the proof holds for ~96% of rows, which then rescore ~50 candidates
+    each); k + 8 in each of `lists` > 1 lists over disjoint columns (the Ray engine's tiles),
+    among which those ~50 spread (4 lists of 32: every row settled at that size)."""
+    return max(1, min((2 * int(k) + 16) if lists <= 1 else (int(k) + 8), int(n_others)))
 
 
 def row_bounds(U: torch.Tensor, low: Optional[torch.Tensor]) -> tuple[np.ndarray, float]:
@@ -103,16 +105,18 @@ def _threshold_py(kth, e, c):  # pragma: no cover - compiled by numba
     return Z / (1 + c) if Z >= 0 else Z / (1 - c)
 
 
-def _candidates_py(V, I, k, n_others, E, c, r0, r1, cand, cval, count):  # pragma: no cover - compiled by numba
-    """Rows r0:r1 of the approximate lists (V values, I ids, I < 0 empty): each row's
-    candidates (ids with x >= T, best x first, into cand[r], their x into cval[r]) and their
-    number, or -1 where the list may miss a neighbour."""
-    Kp = V.shape[1]
-    buf = np.empty(Kp, np.float32)
-    ids = np.empty(Kp, np.int64)
+def _candidates_py(V, I, k, seg, n_others, E, c, r0, r1, cand, cval, count):  # pragma: no cover - compiled by numba
+    """Rows r0:r1 of the approximate lists (V values, I ids, I < 0 empty), each row's list made
+    of segments `seg` wide, each the best `seg` of its own columns (one segment: the local
+    engine; one a tile: the Ray engine): each row's candidates (ids with x >= T, best x first,
+    into cand[r], their x into cval[r]) and their number, or -1 where a column left out of a
+    full segment may reach T (the segment's weakest is >= T)."""
+    W = V.shape[1]
+    buf = np.empty(W, np.float32)
+    ids = np.empty(W, np.int64)
     for r in range(r0, r1):
         m = 0
-        for j in range(Kp):
+        for j in range(W):
             if I[r, j] >= 0:
                 buf[m] = V[r, j]
                 ids[m] = I[r, j]
@@ -122,7 +126,22 @@ def _candidates_py(V, I, k, n_others, E, c, r0, r1, cand, cval, count):  # pragm
             continue
         o = np.argsort(buf[:m])
         T = _threshold(buf[o[m - k]] if m >= k else buf[o[0]], E[r], c)
-        if m < n_others and buf[o[0]] >= T:
+        settled = m >= n_others  # every other row is in the list
+        if not settled:
+            settled = True
+            for s0 in range(0, W, seg):
+                full = True
+                weakest = np.inf
+                for j in range(s0, min(s0 + seg, W)):
+                    if I[r, j] < 0:
+                        full = False
+                        break
+                    if V[r, j] < weakest:
+                        weakest = V[r, j]
+                if full and weakest >= T:
+                    settled = False
+                    break
+        if not settled:
             count[r] = -1
             continue
         q = 0
@@ -200,11 +219,13 @@ def _spans(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 def exact_from_candidates(U: torch.Tensor, low: Optional[torch.Tensor], vals: np.ndarray, idx: np.ndarray, k: int,
-                          *, threads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                          *, slots: Optional[int] = None, threads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's exact float32 top k (self excluded, sorted: value descending, ties by lower id)
-    of unit-row U (all valid), from its approximate list (vals/idx, (n, slots), idx < 0 empty)
-    of the products of `low` (U in bfloat16; None: float32 products). A row the list cannot
-    settle takes its candidates from its whole row of products instead."""
+    of unit-row U (all valid), from its approximate list (vals/idx, idx < 0 empty) of the
+    products of `low` (U in bfloat16; None: float32 products): one list of the `slots` best a
+    row (default: the width), or several such lists over disjoint columns side by side (the
+    Ray engine's tiles; `slots` each). A row the lists cannot settle takes its candidates from
+    its whole row of products instead."""
     cand_k, _, rescore_k = _kernels()
     E, c = row_bounds(U, low)
     Uc = np.ascontiguousarray(U.numpy())
@@ -222,7 +243,8 @@ def exact_from_candidates(U: torch.Tensor, low: Optional[torch.Tensor], vals: np
         rescore_k(Uc, rows, cand[rows], cval[rows], count[rows], E, c, k, out_v, out_i)
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        list(pool.map(lambda s: cand_k(vals, idx, k, n - 1, E, c, s[0], s[1], cand, cval, count), _spans(n, threads)))
+        seg = int(slots) if slots else idx.shape[1]
+        list(pool.map(lambda s: cand_k(vals, idx, k, seg, n - 1, E, c, s[0], s[1], cand, cval, count), _spans(n, threads)))
         settled = np.flatnonzero(count >= 0)
         list(pool.map(rescore, _spans(settled.size, threads)))
     unsettled = np.flatnonzero(count < 0)
