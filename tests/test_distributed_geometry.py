@@ -148,7 +148,7 @@ def test_the_bf16_candidate_tiles_merged_and_rescored_equal_local_to_the_bit():
         V, I = side_by_side(parts, 400, kp)
         assert V.shape[1] > kp
         merged = [t.numpy() for t in merge_partials(parts, 400, kp)]
-        for vals, idx in (exact_from_candidates(U, U.bfloat16(), V, I, 7, slots=kp),
+        for vals, idx in (exact_from_candidates(U, U.bfloat16(), V, I, 7, list_width=kp),
                           exact_from_candidates(U, U.bfloat16(), *merged, 7)):
             assert torch.equal(ref.indices[:, 1:], idx) and torch.equal(ref.values[:, 1:], vals)
 

@@ -172,7 +172,7 @@ def _distributed(U: torch.Tensor, k: int, address: Optional[str], gpus: Optional
     t = time.perf_counter()
     if low_candidates:  # the tiles' candidate lists go to the exact rescoring as they are, unmerged
         V, I = side_by_side(partials, nv, k_run)
-        out = exact_from_candidates(U, U.bfloat16(), V, I, k, slots=k_run, threads=torch.get_num_threads())
+        out = exact_from_candidates(U, U.bfloat16(), V, I, k, list_width=k_run, threads=torch.get_num_threads())
     else:
         out = merge_partials(partials, nv, k_run)
     info.merge_s = time.perf_counter() - t

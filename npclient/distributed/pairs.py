@@ -23,7 +23,7 @@ from ..geometry.heap_kernel import _Heaps, _numba_scan
 from ..geometry.merge import _Running, merge_topk
 from ..geometry.symmetric import dense_pair, heap_pair
 
-__all__ = ["Partial", "block_pairs", "merge_partials", "run_tile", "tiles"]
+__all__ = ["Partial", "block_pairs", "merge_partials", "run_tile", "side_by_side", "tiles"]
 
 Pair = tuple[int, int]
 

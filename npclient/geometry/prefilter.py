@@ -5,9 +5,10 @@ The bf16 pass keeps each row's `slots(k)` best *approximate* cosines (the heap s
 each row then gets a proven bound on how far those approximations can be from the float32
 cosines, keeps every candidate that could still be a true neighbour, and rescores it exactly
 (float64 accumulation, rounded to float32). A row whose list cannot be proven to hold every
-possible neighbour (near-duplicates, dense clusters) is recomputed with a float32 GEMM. So the
-answer is the exact float32 answer, the same whichever pass produced the candidates: the local
-engine and the Ray engine agree to the bit however their tiles ran.
+possible neighbour (near-duplicates, dense clusters) takes its candidates from its whole row of
+products instead (no list size limit). So the answer is the exact float32 answer, the same
+whichever pass produced the candidates: the local engine and the Ray engine agree to the bit
+however their tiles ran.
 
 The bound, for unit float32 rows u, v with bf16 roundings ũ, ṽ (du = u - ũ, dv = v - ṽ):
 u·v - ũ·ṽ = ũ·dv + du·ṽ + du·dv, so |u·v - ũ·ṽ| <= |ũ||dv| + |du||ṽ| + |du||dv| (Cauchy-Schwarz);
@@ -15,12 +16,13 @@ bf16 x bf16 products are exact in float32, and summing d of them in float32 adds
 γ_d·|ũ||ṽ| (γ_d = d·2^-24 / (1 - d·2^-24)); rounding the sum to bf16 moves it by at most
 c·|x| (c = 2^-8 / (1 - 2^-8)); the rescored y is within 2^-23 of u·v. So for a row r and any
 column j: |x - y| <= E_r + c·|x|, with E_r = |ũ_r|·max|dv| + |du_r|·max|ṽ| + |du_r|·max|dv|
-+ γ_d·|ũ_r|·max|ṽ| + 2^-23. A float32 GEMM is the case du = dv = 0, c = 0.
++ γ_d·|ũ_r|·max|ṽ| + 2^-23. A float32 GEMM is the case du = dv = 0 (c = 2^-24, a margin).
 
 Completeness: if a_k is the k-th best approximation of row r, k columns have y >= a_k - E_r - c|a_k|
 =: L, so the k-th best y is at least L, and every column that can be in the top k has
-x + c|x| >= L - E_r, i.e. x >= T. The pass held the row's `slots` best x; if the weakest of them
-is < T (or the row had no more columns to offer), no column outside the list reaches T.
+x + c|x| >= L - E_r, i.e. x >= T. The pass held the row's `slots` best x (the Ray engine: that
+many in each tile's list, over the tile's columns); if the weakest of each full list is < T
+(or the list holds every other row), no column outside the lists reaches T.
 """
 
 from __future__ import annotations
@@ -219,12 +221,12 @@ def _spans(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 def exact_from_candidates(U: torch.Tensor, low: Optional[torch.Tensor], vals: np.ndarray, idx: np.ndarray, k: int,
-                          *, slots: Optional[int] = None, threads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                          *, list_width: Optional[int] = None, threads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's exact float32 top k (self excluded, sorted: value descending, ties by lower id)
     of unit-row U (all valid), from its approximate list (vals/idx, idx < 0 empty) of the
-    products of `low` (U in bfloat16; None: float32 products): one list of the `slots` best a
-    row (default: the width), or several such lists over disjoint columns side by side (the
-    Ray engine's tiles; `slots` each). A row the lists cannot settle takes its candidates from
+    products of `low` (U in bfloat16; None: float32 products): one list of the best a row, or
+    several lists over disjoint columns side by side (the Ray engine's tiles), `list_width`
+    each (default: the whole width, one list). A row the lists cannot settle takes its candidates from
     its whole row of products instead."""
     cand_k, _, rescore_k = _kernels()
     E, c = row_bounds(U, low)
@@ -243,7 +245,7 @@ def exact_from_candidates(U: torch.Tensor, low: Optional[torch.Tensor], vals: np
         rescore_k(Uc, rows, cand[rows], cval[rows], count[rows], E, c, k, out_v, out_i)
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        seg = int(slots) if slots else idx.shape[1]
+        seg = int(list_width) if list_width else idx.shape[1]
         list(pool.map(lambda s: cand_k(vals, idx, k, seg, n - 1, E, c, s[0], s[1], cand, cval, count), _spans(n, threads)))
         settled = np.flatnonzero(count >= 0)
         list(pool.map(rescore, _spans(settled.size, threads)))
