@@ -71,21 +71,12 @@ print("PHASES " + repr({"imports": t1 - t0, "load": t2 - t1, "normalise+add+sear
 
 # The same command in-process, with timers around its steps (the per-phase view; not in the ratio).
 PROFILE_SCRIPT = '''\
-import functools, sys, time
+import sys, time
+from machine import time_calls  # benchmarks/ is on PYTHONPATH for this script; not in the timed imports
 T0 = time.perf_counter()
 marks = {}
 def timed(owner, name, label):
-    f = getattr(owner, name, None)
-    if f is None:
-        return
-    @functools.wraps(f)
-    def g(*a, **k):
-        t = time.perf_counter()
-        try:
-            return f(*a, **k)
-        finally:
-            marks[label] = marks.get(label, 0.0) + time.perf_counter() - t
-    setattr(owner, name, g)
+    time_calls(owner, name, label, marks)
 from np_mirror.app import main  # not run(): it ends the process without returning
 marks["imports: CLI (typer, npclient)"] = time.perf_counter() - T0
 t = time.perf_counter()
@@ -274,7 +265,8 @@ def main() -> None:
             print(f"  round {r + 1}: ours {times['ours'][-1]:.2f} s, faiss {times['faiss'][-1]:.2f} s, "
                   f"ratio {times['ours'][-1] / times['faiss'][-1]:.3f}")
 
-        prof_wall, prof_err = _spawn([sys.executable, str(root / "profile_command.py"), *command], env)
+        prof_env = {**env, "PYTHONPATH": str(REPO / "benchmarks") + os.pathsep + env["PYTHONPATH"]}  # its timers
+        prof_wall, prof_err = _spawn([sys.executable, str(root / "profile_command.py"), *command], prof_env)
         phases = _phases(prof_err)
         if phases:
             phases["start-up + exit (interpreter teardown)"] = prof_wall - phases["end"]

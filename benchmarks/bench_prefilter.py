@@ -14,13 +14,12 @@ Never asserts on time.
 from __future__ import annotations
 
 import argparse
-import functools
 import statistics
 import time
 
 import numpy as np
 
-from machine import cpu_model, git_head, usable_cores, versions
+from machine import cpu_model, git_head, time_calls, usable_cores, versions
 
 
 def main() -> None:
@@ -64,21 +63,9 @@ def main() -> None:
                                               "bounds, candidates, exact rescoring (incl. whole rows)",
                                               "  of which rows recomputed whole"], 0.0)
 
-    def timed(owner, name, label):
-        f = getattr(owner, name)
-
-        @functools.wraps(f)
-        def g(*a, **kw):
-            t = time.perf_counter()
-            try:
-                return f(*a, **kw)
-            finally:
-                phases[label] = phases.get(label, 0.0) + time.perf_counter() - t
-        setattr(owner, name, g)
-
-    timed(sym, "_symmetric_heap", "bf16 GEMMs + heap scan (slots a row)")
-    timed(sym, "exact_from_candidates", "bounds, candidates, exact rescoring (incl. whole rows)")
-    timed(pf, "_whole_rows", "  of which rows recomputed whole")
+    time_calls(sym, "_symmetric_heap", "bf16 GEMMs + heap scan (slots a row)", phases)
+    time_calls(sym, "exact_from_candidates", "bounds, candidates, exact rescoring (incl. whole rows)", phases)
+    time_calls(pf, "_whole_rows", "  of which rows recomputed whole", phases)
     rows_whole: list[int] = []
     whole = pf._whole_rows
 

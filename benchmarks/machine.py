@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import os
 import subprocess
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,3 +46,21 @@ def git_head() -> str:
             ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
         ).stdout.strip() or "no commit"
     return "unknown"
+
+
+def time_calls(owner: object, name: str, label: str, marks: dict[str, float]) -> None:
+    """Wrap `owner.name` so that each call adds its wall seconds to `marks[label]`: the per-phase
+    view of a run, summed over calls. A name `owner` lacks is left alone."""
+    f = getattr(owner, name, None)
+    if f is None:
+        return
+
+    @functools.wraps(f)
+    def timed(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return f(*a, **kw)
+        finally:
+            marks[label] = marks.get(label, 0.0) + time.perf_counter() - t
+
+    setattr(owner, name, timed)
