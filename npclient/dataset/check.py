@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from ..errors import InvalidPathError
 from .location import TEMP_NAME, Location, lease_until
-from .units import CODE_VERSION, TABLES, Unit, markers
+from .units import CODE_VERSION, TABLES, Unit, markers, partition
 
 __all__ = ["DatasetReport", "status", "verify", "source_records", "source_record_key", "MANIFEST"]
 
@@ -30,7 +30,7 @@ SOURCES = "_np/sources"
 
 
 def source_record_key(model: str, source: str) -> str:
-    return f"{SOURCES}/model={model}/source={source}.json"
+    return f"{SOURCES}/{partition(model, source)}.json"
 
 
 def source_records(loc: Location) -> dict[tuple[str, str], dict[str, Any]]:
@@ -116,12 +116,12 @@ def status(loc: Location, *, deep: bool = False) -> DatasetReport:
         ranges = sorted(g.pop("ranges"))
         for (a0, a1), (b0, b1) in zip(ranges, ranges[1:]):
             if b0 < a1:
-                report.problems.append(f"{table}/model={model}/source={source}: units {a0}..{a1} and {b0}..{b1} "
+                report.problems.append(f"{table}/{partition(model, source)}: units {a0}..{a1} and {b0}..{b1} "
                                        "overlap (their rows would be duplicates)")
         count = counts.get((model, source))
         row = {"table": table, "model": model, "source": source, **g, "feature_count": count}
         if table == "features" and count is not None and g["rows"] != count:
-            report.notes.append(f"features/model={model}/source={source}: {g['rows']:,} of {count:,} features")
+            report.notes.append(f"features/{partition(model, source)}: {g['rows']:,} of {count:,} features")
         report.partitions.append(row)
     return report
 

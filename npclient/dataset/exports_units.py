@@ -44,7 +44,7 @@ from ..errors import ExportError, NPError
 from ..exports.layout import local_path, parse_key
 from ..http.s3 import S3Object
 from .location import Location, lease_until, open_location
-from .units import CODE_VERSION, DEFAULT_LEASE_S, Unit, commit_file, parquet_bytes, read_marker, write_unit
+from .units import CODE_VERSION, DEFAULT_LEASE_S, Unit, commit_file, parquet_bytes, partition, read_marker, write_unit
 
 __all__ = ["ExportUnit", "UnitResult", "run_export_unit", "download_slot", "STAGE", "RECORDS",
            "DEFAULT_DOWNLOAD_SLOTS", "stage_keys", "read_record"]
@@ -78,7 +78,7 @@ class ExportUnit:
 
     @property
     def partition(self) -> str:
-        return f"model={self.model}/source={self.source}"
+        return partition(self.model, self.source)
 
     @property
     def stage_key(self) -> str:
@@ -247,6 +247,6 @@ def run_export_unit(dataset: str, unit: ExportUnit, *, exports_url: str, cache_r
 
 def stage_keys(loc: Location, model: str, source: str, kind: str) -> list[str]:
     """The committed intermediate files of one source and kind (those with their marker)."""
-    prefix = f"{STAGE}/{kind}/model={model}/source={source}"
+    prefix = f"{STAGE}/{kind}/{partition(model, source)}"
     names = {loc.key(i.path) for i in loc.files(prefix)}
     return sorted(k for k in names if k.endswith(".parquet") and k + ".json" in names)

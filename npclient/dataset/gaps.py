@@ -33,7 +33,7 @@ from ..exports.layout import activation_spans
 from ..ids import FeatureId, SourceId
 from .exports_units import RECORDS, STAGE, stage_keys
 from .location import Location, lease_until
-from .units import DEFAULT_LEASE_S, Unit, commit_file, markers, parquet_bytes, write_unit
+from .units import DEFAULT_LEASE_S, Unit, commit_file, markers, parquet_bytes, partition, write_unit
 
 if TYPE_CHECKING:
     from ..http.client import NeuronpediaClient
@@ -44,11 +44,11 @@ API_TABLES = ("features", "explanations")
 
 
 def api_stage_key(model: str, source: str, table: str) -> str:
-    return f"{STAGE}/api-{table}/model={model}/source={source}/gaps.parquet"
+    return f"{STAGE}/api-{table}/{partition(model, source)}/gaps.parquet"
 
 
 def _gaps_record_key(model: str, source: str) -> str:
-    return f"{RECORDS}/model={model}/source={source}/api-gaps.json"
+    return f"{RECORDS}/{partition(model, source)}/api-gaps.json"
 
 
 @dataclass
@@ -62,7 +62,7 @@ class GapResult:
 
 
 def _records(loc: Location, model: str, source: str, folder: str) -> list[dict[str, Any]]:
-    prefix = f"{RECORDS}/model={model}/source={source}/{folder}"
+    prefix = f"{RECORDS}/{partition(model, source)}/{folder}"
     return [orjson.loads(loc.read(loc.key(i.path))) for i in loc.files(prefix) if i.base_name.endswith(".json")
             and not i.base_name.startswith(".")]
 

@@ -27,7 +27,7 @@ from .. import __version__, faults
 from ..errors import InvalidOptionError
 from .location import TEMP_NAME, Location, lease_until
 
-__all__ = ["Unit", "TABLES", "SORT_KEYS", "encode", "is_committed", "write_unit", "commit_file", "read_marker", "markers", "sweep", "new_job_id",
+__all__ = ["Unit", "partition", "TABLES", "SORT_KEYS", "encode", "is_committed", "write_unit", "commit_file", "read_marker", "markers", "sweep", "new_job_id",
            "DEFAULT_LEASE_S", "CODE_VERSION"]
 
 TABLES = ("features", "activations", "explanations", "neighbors")
@@ -56,6 +56,12 @@ def _partition_value(value: str, what: str) -> str:
     return value
 
 
+def partition(model: str, source: str) -> str:
+    """A source's Hive partition in every table and bookkeeping folder: `model=M/source=S`
+    (the values as they are: `source=5` is the neurons set, a string)."""
+    return f"model={model}/source={source}"
+
+
 @dataclass(frozen=True, order=True)
 class Unit:
     """Features `start` (inclusive) to `stop` (exclusive) of one source, in one table."""
@@ -80,7 +86,7 @@ class Unit:
 
     @property
     def partition(self) -> str:
-        return f"model={self.model}/source={self.source}"
+        return partition(self.model, self.source)
 
     @property
     def data_key(self) -> str:
