@@ -69,9 +69,9 @@ def main() -> None:
     rows_whole: list[int] = []
     whole = pf._whole_rows
 
-    def count_rows(U, low_, Uc, rows, *a):
+    def count_rows(U, low_, rows, *a):
         rows_whole.append(int(rows.size))
-        return whole(U, low_, Uc, rows, *a)
+        return whole(U, low_, rows, *a)
 
     pf._whole_rows = count_rows
     run("bfloat16")

@@ -60,9 +60,9 @@ def test_rows_the_lists_cannot_settle_take_the_whole_row_path_and_stay_exact(mon
     seen: list[int] = []
     whole_rows = pf._whole_rows
 
-    def spy(U, low, Uc, rows, *a):
+    def spy(U, low, rows, *a):
         seen.append(int(rows.size))
-        return whole_rows(U, low, Uc, rows, *a)
+        return whole_rows(U, low, rows, *a)
 
     monkeypatch.setattr(pf, "_whole_rows", spy)
     got = all_pairs_topk(W, 25, block_rows=128, prefilter="bfloat16")

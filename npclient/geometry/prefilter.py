@@ -226,8 +226,8 @@ def exact_from_candidates(U: torch.Tensor, low: Optional[torch.Tensor], vals: np
     of unit-row U (all valid), from its approximate list (vals/idx, idx < 0 empty) of the
     products of `low` (U in bfloat16; None: float32 products): one list of the best a row, or
     several lists over disjoint columns side by side (the Ray engine's tiles), `list_width`
-    each (default: the whole width, one list). A row the lists cannot settle takes its candidates from
-    its whole row of products instead."""
+    each (default: the whole width, one list). A row the lists cannot settle takes its
+    candidates from its whole row of products instead."""
     cand_k, _, rescore_k = _kernels()
     E, c = row_bounds(U, low)
     Uc = np.ascontiguousarray(U.numpy())
@@ -251,15 +251,16 @@ def exact_from_candidates(U: torch.Tensor, low: Optional[torch.Tensor], vals: np
         list(pool.map(rescore, _spans(settled.size, threads)))
     unsettled = np.flatnonzero(count < 0)
     if unsettled.size:
-        _whole_rows(U, low, Uc, unsettled, k, E, c, out_v, out_i)
+        _whole_rows(U, low, unsettled, k, E, c, out_v, out_i)
     return torch.from_numpy(out_v), torch.from_numpy(out_i)
 
 
-def _whole_rows(U: torch.Tensor, low: Optional[torch.Tensor], Uc: np.ndarray, rows: np.ndarray, k: int, E: np.ndarray,
-                c: float, out_v: np.ndarray, out_i: np.ndarray) -> None:
+def _whole_rows(U: torch.Tensor, low: Optional[torch.Tensor], rows: np.ndarray, k: int, E: np.ndarray, c: float,
+                out_v: np.ndarray, out_i: np.ndarray) -> None:
     """Rows whose list was not provably complete (near-duplicates, dense clusters): the products
     with every row, thresholded by the same bound (no list size limit), rescored as the others."""
     _, thresholds_k, rescore_k = _kernels()
+    Uc = np.ascontiguousarray(U.numpy())
     M = U if low is None else low
     n = U.shape[0]
     kk = min(k, n - 1)
