@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Optional
 
 import duckdb
 
+from .. import faults
 from ..errors import ExportError
 from ..exports.files import PART_KINDS, find_source_dirs, name_id, part_files, source_id_of, source_info
 from ..exports.layout import parse_key
@@ -245,6 +246,7 @@ def import_source_dir(
                 rows = _import_explanations(db, sid, batch, path, key, size, etag, index_range)
             else:
                 rows = _import_file(db, sid, kind, batch, path, key, size, etag, run_id, first_time, index_range)
+            faults.point("import.after_commit")
             return job, rows, ""
         except (duckdb.Error, OSError, EOFError, gzip.BadGzipFile, ExportError) as exc:
             return job, None, str(exc).strip().splitlines()[0][:300]
@@ -442,6 +444,7 @@ def _record_imported(
              max_index = excluded.max_index, error = NULL, imported_at = now()""",
         [key, sid.model_id, sid.source, kind, batch, size, etag, status, rows, lo, hi],
     )
+    faults.point("import.before_commit")  # the file's rows and its record written, not committed
 
 
 def _record_failure(db: Database, sid: SourceId, kind: str, batch: int, key: str, size: int, etag: Optional[str], reason: str) -> None:
