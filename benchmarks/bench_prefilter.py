@@ -59,19 +59,18 @@ def main() -> None:
             times[mode].append(run(mode)[0])
         print(f"  round {r + 1}: float32 {times['none'][-1]:.3f} s, bf16 candidates {times['bfloat16'][-1]:.3f} s")
 
-    phases: dict[str, float] = dict.fromkeys(["bf16 GEMMs + heap scan (slots a row)",
-                                              "bounds, candidates, exact rescoring (incl. whole rows)",
-                                              "  of which rows recomputed whole"], 0.0)
-
-    time_calls(sym, "_symmetric_heap", "bf16 GEMMs + heap scan (slots a row)", phases)
-    time_calls(sym, "exact_from_candidates", "bounds, candidates, exact rescoring (incl. whole rows)", phases)
+    gemm_and_scan = "bf16 GEMMs + heap scan (slots a row)"
+    exact = "bounds, candidates, exact rescoring (incl. whole rows)"
+    phases: dict[str, float] = dict.fromkeys([gemm_and_scan, exact, "  of which rows recomputed whole"], 0.0)
+    time_calls(sym, "_symmetric_heap", gemm_and_scan, phases)
+    time_calls(sym, "exact_from_candidates", exact, phases)
     time_calls(pf, "_whole_rows", "  of which rows recomputed whole", phases)
     rows_whole: list[int] = []
     whole = pf._whole_rows
 
-    def count_rows(U, low_, rows, *a):
+    def count_rows(Uc, products, rows, *a):
         rows_whole.append(int(rows.size))
-        return whole(U, low_, rows, *a)
+        return whole(Uc, products, rows, *a)
 
     pf._whole_rows = count_rows
     run("bfloat16")

@@ -235,6 +235,13 @@ class Mirror:
 
         return decoder(self.db, source, device=device, dtype=dtype)
 
+    def decoder_array(self, source: SourceId | str) -> Any:
+        """The attached float32 decoder as a numpy array (memory-mapped), without torch; None
+        where it was attached in bfloat16 (use `decoder`)."""
+        from .weights import decoder_array
+
+        return decoder_array(self.db, source)
+
     # ---- filling ---------------------------------------------------------------------------
     def sync(
         self,

@@ -16,6 +16,7 @@ import torch
 
 from npclient.errors import InvalidOptionError
 from npclient.geometry import all_pairs_topk, normalize_rows
+from npclient.geometry import mkl_bf16
 from npclient.geometry import prefilter as pf
 from npclient.testing.saes import plant
 from test_geometry_knn import assert_same_topk, brute_all_pairs, random_matrix
@@ -60,9 +61,9 @@ def test_rows_the_lists_cannot_settle_take_the_whole_row_path_and_stay_exact(mon
     seen: list[int] = []
     whole_rows = pf._whole_rows
 
-    def spy(U, low, rows, *a):
+    def spy(Uc, products, rows, *a):
         seen.append(int(rows.size))
-        return whole_rows(U, low, rows, *a)
+        return whole_rows(Uc, products, rows, *a)
 
     monkeypatch.setattr(pf, "_whole_rows", spy)
     got = all_pairs_topk(W, 25, block_rows=128, prefilter="bfloat16")
@@ -84,23 +85,31 @@ def test_fewer_rows_than_candidate_slots_and_small_k():
 
 def test_the_bound_holds_on_every_pair():
     """|bf16 product - float32 cosine| <= E_r + c·|bf16 product| for all pairs, rows of mixed
-    scale (the bound uses the rows' own rounding residuals)."""
+    scale (the bound uses the rows' own rounding residuals): for torch's products rounded to
+    bf16 and for MKL's summed into float32 (the torch-free path's)."""
     W = random_matrix(500, 96, 11) * np.logspace(-3, 3, 500, dtype=np.float32)[:, None]
     U, _ = normalize_rows(W)
     low = U.bfloat16()
-    x = (low @ low.T).float().double().numpy()
+    lowf = low.float().numpy()
     y = (U.double() @ U.double().T).numpy()
-    E, c = pf.row_bounds(U, low)
-    assert (np.abs(x - y) <= E[:, None] + c * np.abs(x)).all()
-    # and it is not vacuous: well under the cosines' own spread
-    assert float(E.max()) < 0.01
+    products = {pf.C_BF16_OUT: (low @ low.T).float().double().numpy()}
+    gemm = mkl_bf16.gemm()
+    if gemm is not None:
+        out = np.empty((500, 500), dtype=np.float32)
+        gemm.nt(mkl_bf16.to_bf16_bits(U.numpy()), mkl_bf16.to_bf16_bits(U.numpy()), out)
+        products[pf.C_F32_OUT] = out.astype(np.float64)
+    for c_out, x in products.items():
+        E, c = pf.row_bounds(U.numpy(), lowf, c=c_out)
+        assert (np.abs(x - y) <= E[:, None] + c * np.abs(x)).all()
+        # and it is not vacuous: well under the cosines' own spread
+        assert float(E.max()) < 0.01
 
 
 def test_prefilter_choice():
     cpu = torch.device("cpu")
     assert pf.resolve_prefilter("none", cpu) is False
     assert pf.resolve_prefilter("bfloat16", cpu) is True
-    assert pf.resolve_prefilter("auto", cpu) is pf.amx_bf16()
+    assert pf.resolve_prefilter("auto", cpu) is (pf.amx_bf16() and torch.backends.mkldnn.is_available())
     assert pf.resolve_prefilter("bfloat16", torch.device("cuda")) is False  # the GPU paths select in place
     with pytest.raises(InvalidOptionError) as e:
         all_pairs_topk(random_matrix(10, 4, 0), 3, prefilter="int8")

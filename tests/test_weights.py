@@ -23,6 +23,7 @@ from npclient.testing.saes import make_sae, write_hf_cache
 from npclient.weights import (
     attach,
     decoder,
+    decoder_array,
     decoder_norms,
     get_weights,
     list_weights,
@@ -148,6 +149,12 @@ def test_attach_from_folder(db, home, syn):
     assert rec.d_sae == 1024 and Wb.dtype == torch.bfloat16
     assert torch.allclose(Wb.float(), torch.from_numpy(syn.W_dec_wide), atol=1e-2)
     assert len(list_weights(db)) == 2
+    # without torch: the float32 copy as numpy (memory-mapped, copy-on-write); bf16 has no numpy dtype
+    A = decoder_array(db, SRC)
+    assert A.dtype == np.float32 and np.array_equal(A, syn.W_dec, equal_nan=True)
+    A[0] = 5.0  # a write stays in this process
+    assert np.array_equal(decoder_array(db, SRC), syn.W_dec, equal_nan=True)
+    assert decoder_array(db, "gpt2-small/0-res-wide") is None
 
 
 def test_attach_from_registry_through_offline_hf_cache(db, home, syn, tmp_path, monkeypatch):

@@ -141,6 +141,11 @@ def normalize_rows(x: Any, device: DeviceLike = None) -> tuple[torch.Tensor, tor
     last using the mask.
     """
     w = as_float32(x, device)
+    if w.device.type == "cpu":  # the numpy normalisation the torch-free engine uses too (bit-equal rows)
+        from .unit_rows import unit_rows
+
+        unit_np, invalid_np = unit_rows(w.numpy())
+        return torch.from_numpy(unit_np), torch.from_numpy(invalid_np)
     norms = torch.linalg.vector_norm(w, dim=1, keepdim=True)
     unit = w / norms
     nf = norms.squeeze(1)

@@ -18,13 +18,9 @@ fresh process loads it instead of compiling. Callers go through `_scan_block` an
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
-import torch
-
-from .dense import _lower_bounds
-from .merge import _NEG
 
 
 _EMPTY_ID = 1 << 62  # index of an empty heap slot: ranks below every real entry
@@ -192,11 +188,20 @@ class _Heaps:
     def cold(self, r0: int, r1: int) -> bool:
         return bool(np.isneginf(self.hv[r0:r1, 0]).any())
 
-    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
-        v = torch.from_numpy(self.hv)
-        i = torch.from_numpy(self.hi)
-        empty = i == _EMPTY_ID
-        return v.masked_fill(empty, _NEG), i.masked_fill(empty, -1)
+    def result(self) -> tuple[Any, Any]:
+        """(values, ids) as torch tensors, unsorted; empty slots -inf / -1."""
+        import torch
+
+        v, i = self.arrays()
+        return torch.from_numpy(v), torch.from_numpy(i)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(values, ids) as numpy arrays, unsorted; empty slots -inf / -1 (the heaps' own arrays)."""
+        empty = self.hi == _EMPTY_ID
+        if empty.any():
+            self.hv[empty] = -np.inf
+            self.hi[empty] = -1
+        return self.hv, self.hi
 
 
 def _scan_block(S: np.ndarray, r0: int, c0: int, *, rows: bool, cols: bool, diag: bool, h: "_Heaps",
@@ -214,10 +219,64 @@ def _query_block(K: np.ndarray, Q: np.ndarray, base: int, ex: np.ndarray, h: _He
     _query_scan(K, Q, base, ex, h.hv, h.hi, bad, k)
 
 
-def _floor(h: _Heaps, S: torch.Tensor, r0: int, dim: int) -> np.ndarray:
-    """Lower bounds for the heap rows fed by S along `dim` while they are not yet full."""
+def _floor(h: _Heaps, S: Any, r0: int, dim: int) -> np.ndarray:
+    """Lower bounds for the heap rows fed by S (a torch tensor or a numpy array) along `dim`
+    while they are not yet full."""
     n = S.shape[0] if dim == 1 else S.shape[1]
     if not h.cold(r0, r0 + n):
         return h.none(n)
-    t = _lower_bounds(S, h.k, dim)
-    return h.none(n) if t is None else t.numpy()
+    if isinstance(S, np.ndarray):
+        t = lower_bounds(S, h.k, dim)
+        return h.none(n) if t is None else t
+    from .dense import _lower_bounds
+
+    tt = _lower_bounds(S, h.k, dim)
+    return h.none(n) if tt is None else tt.numpy()
+
+
+def lower_bounds(S: np.ndarray, k: int, dim: int) -> Optional[np.ndarray]:
+    """`dense._lower_bounds` on a numpy block: per row (dim=1) or column (dim=0), the k-th
+    largest of the maxima of G >= 2k disjoint groups (k group maxima are k distinct entries,
+    all >= it); None when S is too small along `dim` or the bound is not finite."""
+    L = S.shape[dim]
+    G = min(L // 2, max(2 * k, 4 * k if L >= 64 * k else 2 * k))
+    if G < 2 * k or G < 1:
+        return None
+    g = L // G
+    if dim == 1:
+        M = S[:, : G * g].reshape(S.shape[0], G, g).max(axis=2)
+    else:
+        M = S[: G * g].reshape(G, g, S.shape[1]).max(axis=1).T
+    t = np.partition(M, G - k, axis=1)[:, G - k]
+    if not np.isfinite(t).all():
+        return None
+    return np.ascontiguousarray(t, dtype=np.float32)
+
+
+_SUB_HEAP = 256  # rows per strip of a diagonal block
+
+Gemm = Callable[[np.ndarray, int, int, int, int], None]
+
+
+def heap_step(gemm: Gemm, sbuf: np.ndarray, h: _Heaps, r0: int, r1: int, c0: int, c1: int, *,
+              row_off: int, col_off: int) -> None:
+    """One block pair's heap step: rows r0:r1 against columns c0:c1 (c0 >= r0) of the rows that
+    `gemm(out, a0, a1, b0, b1)` multiplies (out = rows a0:a1 · rows b0:b1ᵀ, float32, into the
+    numpy view `out`), fed into heaps `h` at rows `row_off`/`col_off` (the block's own offsets in
+    `h`: r0/c0 for the whole matrix, a tile's local ones in `distributed.pairs`); the ids written
+    stay global. A diagonal block (c0 == r0) is computed only above its diagonal, in strips of
+    _SUB_HEAP rows; `sbuf` (float32) holds at least (r1 - r0) * (c1 - c0) values."""
+    R, C = r1 - r0, c1 - c0
+    if c0 == r0:
+        # strip p is rows p0..p1 of the block against its columns p0.., scanned above its own diagonal
+        for p0 in range(0, R, _SUB_HEAP):
+            p1 = min(p0 + _SUB_HEAP, R)
+            St = sbuf[: (p1 - p0) * (R - p0)].reshape(p1 - p0, R - p0)
+            gemm(St, r0 + p0, r0 + p1, r0 + p0, r1)
+            _scan_block(St, row_off + p0, row_off + p0, rows=True, cols=True, diag=True, h=h,
+                        floor_r=h.none(p1 - p0), floor_c=h.none(R - p0), cid0=r0 + p0, rid0=r0 + p0)
+    else:
+        S = sbuf[: R * C].reshape(R, C)
+        gemm(S, r0, r1, c0, c1)
+        _scan_block(S, row_off, col_off, rows=True, cols=True, diag=False, h=h,
+                    floor_r=_floor(h, S, row_off, 1), floor_c=_floor(h, S, col_off, 0), cid0=c0, rid0=r0)

@@ -10,6 +10,7 @@ Sources with weights are run one after another on the same cluster: the resident
 from __future__ import annotations
 
 import re
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,12 @@ def _sid(source: SourceLike) -> SourceId:
     return source if isinstance(source, SourceId) else SourceId.parse(source)
 
 
+_FLOAT32_NAMES = frozenset({"float32", "fp32", "f32", "float"})
+
+
 def _dtype_name(dtype: Any) -> str:
+    if dtype is None or str(dtype).removeprefix("torch.") in _FLOAT32_NAMES:
+        return "float32"  # without importing torch
     from .device import resolve_dtype
 
     return str(resolve_dtype(dtype, "cpu")).removeprefix("torch.")
@@ -69,6 +75,25 @@ def compute_all_pairs(mirror: "Mirror", source: SourceLike, k: int, *, engine: s
                           block_rows=block_rows)
 
 
+def _torch_free(mirror: "Mirror", sid: SourceId, k: int, *, engine: str, device: Any, dtype: Any, progress: Progress,
+                block_rows: Optional[int]) -> Optional[tuple[Any, Any]]:
+    """The local float32 all-pairs on an AMX CPU without importing torch (`cpu_allpairs`: the same
+    bits as `all_pairs_topk`), or None where it does not apply and `compute_all_pairs` runs: also
+    where torch is loaded already (a notebook), whose own bf16 GEMM is the faster one then."""
+    if engine != "local" or _dtype_name(dtype) != "float32" or "torch" in sys.modules:
+        return None
+    from . import cpu_allpairs
+
+    if (device is None and cpu_allpairs.gpu_possible()) or (device is not None and str(device) != "cpu"):
+        return None  # torch picks a GPU if it finds one
+    if not cpu_allpairs.available():
+        return None
+    W = mirror.decoder_array(sid)
+    if W is None:
+        return None
+    return cpu_allpairs.all_pairs_arrays(W, k, progress=progress, block_rows=block_rows)
+
+
 @dataclass
 class AllPairsOutcome:
     """One source's all-pairs: rows stored, and where (the mirror's `neighbors` table, or the
@@ -96,9 +121,13 @@ def all_pairs(mirror: "Mirror", source: SourceLike, k: int = 25, *, engine: str 
     if dataset is not None and unit_features is not None and unit_features < 1:
         raise InvalidOptionError(f"unit features must be >= 1, got {unit_features}", option="unit_features")
     t0 = time.perf_counter()
-    found = compute_all_pairs(mirror, sid, k, engine=engine, device=device, dtype=dtype, address=address,
-                              progress=progress, block_rows=block_rows)
-    values, indices = found.values.numpy(), found.indices.numpy()
+    arrays = _torch_free(mirror, sid, k, engine=engine, device=device, dtype=dtype, progress=progress,
+                         block_rows=block_rows)
+    if arrays is None:
+        found = compute_all_pairs(mirror, sid, k, engine=engine, device=device, dtype=dtype, address=address,
+                                  progress=progress, block_rows=block_rows)
+        arrays = found.values.numpy(), found.indices.numpy()
+    values, indices = arrays
     if dataset is None:
         rows = mirror.store.save_neighbors(sid, values, indices)
         return AllPairsOutcome(sid, rows, time.perf_counter() - t0)

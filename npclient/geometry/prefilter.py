@@ -1,5 +1,6 @@
 """Exact float32 all-pairs from a bfloat16 candidate pass, for CPUs whose AMX units multiply
 bfloat16 ~4x faster than float32 (measured on this project's Xeon: 1,100 vs 290 GFLOP/s).
+Torch-free (numpy and numba): torch's callers go through `exact_from_candidates`.
 
 The bf16 pass keeps each row's `slots(k)` best *approximate* cosines (the heap scan, unchanged);
 each row then gets a proven bound on how far those approximations can be from the float32
@@ -16,7 +17,9 @@ bf16 x bf16 products are exact in float32, and summing d of them in float32 adds
 γ_d·|ũ||ṽ| (γ_d = d·2^-24 / (1 - d·2^-24)); rounding the sum to bf16 moves it by at most
 c·|x| (c = 2^-8 / (1 - 2^-8)); the rescored y is within 2^-23 of u·v. So for a row r and any
 column j: |x - y| <= E_r + c·|x|, with E_r = |ũ_r|·max|dv| + |du_r|·max|ṽ| + |du_r|·max|dv|
-+ γ_d·|ũ_r|·max|ṽ| + 2^-23. A float32 GEMM is the case du = dv = 0 (c = 2^-24, a margin).
++ γ_d·|ũ_r|·max|ṽ| + 2^-23. A float32 GEMM is the case du = dv = 0 (c = 2^-24, a margin), and
+so are bf16 products summed into float32 without the final bf16 rounding (MKL's
+`gemm_bf16bf16f32`, the torch-free path's: `C_F32_OUT`).
 
 Completeness: if a_k is the k-th best approximation of row r, k columns have y >= a_k - E_r - c|a_k|
 =: L, so the k-th best y is at least L, and every column that can be in the top k has
@@ -30,26 +33,32 @@ from __future__ import annotations
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Callable, Literal, Optional
 
 import numpy as np
-import torch
 
 from ..errors import InvalidOptionError
 
-__all__ = ["Prefilter", "resolve_prefilter", "slots", "row_bounds", "exact_from_candidates"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Prefilter", "resolve_prefilter", "slots", "row_bounds", "exact_topk", "exact_from_candidates",
+           "C_BF16_OUT", "C_F32_OUT"]
+
+Products = Callable[[np.ndarray], np.ndarray]
 
 Prefilter = Literal["auto", "bfloat16", "none"]
 _PREFILTERS = ("auto", "bfloat16", "none")
 
-_C_BF16 = 2.0 ** -8 / (1 - 2.0 ** -8)
+C_BF16_OUT = 2.0 ** -8 / (1 - 2.0 ** -8)  # c for products rounded to bf16 (torch's bf16 mm)
+C_F32_OUT = 2.0 ** -24  # c for bf16 products summed into float32 (MKL's gemm_bf16bf16f32): a margin
 _RESCORE_ERR = 2.0 ** -23
 
 
 @lru_cache(maxsize=1)
 def amx_bf16() -> bool:
-    """Whether this CPU has AMX bfloat16 tiles (Linux: the `amx_bf16` flag) and torch's oneDNN
-    can use them. Without AMX a bf16 GEMM is no faster than float32 (often slower)."""
+    """Whether this CPU has AMX bfloat16 tiles (Linux: the `amx_bf16` flag). Without them a bf16
+    GEMM is no faster than float32 (often slower)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -57,17 +66,26 @@ def amx_bf16() -> bool:
             flags = next((line for line in f if line.startswith("flags")), "")
     except OSError:
         return False
-    return " amx_bf16" in flags and bool(torch.backends.mkldnn.is_available())
+    return " amx_bf16" in flags
 
 
-def resolve_prefilter(prefilter: str, device: torch.device) -> bool:
-    """Whether the float32 CPU all-pairs takes its candidates from a bf16 pass: "auto" where the
-    CPU has AMX, "bfloat16" always (the answer is the same, only slower without AMX), "none" never."""
+def check_prefilter(prefilter: str) -> None:
     if prefilter not in _PREFILTERS:
         raise InvalidOptionError(f"prefilter must be one of {_PREFILTERS}, got {prefilter!r}", option="prefilter")
+
+
+def resolve_prefilter(prefilter: str, device: "torch.device") -> bool:
+    """Whether the float32 CPU all-pairs takes its candidates from a bf16 pass: "auto" where the
+    CPU has AMX and torch's oneDNN can use it, "bfloat16" always (the answer is the same, only
+    slower without AMX), "none" never."""
+    check_prefilter(prefilter)
     if device.type != "cpu" or prefilter == "none":
         return False
-    return prefilter == "bfloat16" or amx_bf16()
+    if prefilter == "bfloat16":
+        return True
+    import torch
+
+    return amx_bf16() and bool(torch.backends.mkldnn.is_available())
 
 
 def slots(k: int, n_others: int, *, lists: int = 1) -> int:
@@ -78,21 +96,34 @@ def slots(k: int, n_others: int, *, lists: int = 1) -> int:
     return max(1, min((2 * int(k) + 16) if lists <= 1 else (int(k) + 8), int(n_others)))
 
 
-def row_bounds(U: torch.Tensor, low: Optional[torch.Tensor]) -> tuple[np.ndarray, float]:
+def _norms(X: np.ndarray) -> np.ndarray:
+    """Row norms, float64 sums of float32 squares, in slices (no n x d float64 copy)."""
+    out = np.empty(X.shape[0], dtype=np.float64)
+    step = 4096
+    for s in range(0, X.shape[0], step):
+        x = X[s:s + step].astype(np.float64)
+        out[s:s + step] = np.sqrt(np.einsum("ij,ij->i", x, x))
+    return out
+
+
+def row_bounds(U: np.ndarray, lowf: Optional[np.ndarray], *, c: float = C_BF16_OUT) -> tuple[np.ndarray, float]:
     """(E_r for every row, c): |approximate - exact cosine| <= E_r + c·|approximate| for the
-    products of `low` (U rounded to bf16; None: a float32 GEMM of U itself). The norms are float32
-    sums (relative error <= d·2^-24, covered by the final 1e-4 margin)."""
+    products of `lowf` (U rounded to bf16, as float32; None: a float32 GEMM of U itself, c =
+    2^-24) whose float32 sums are rounded by at most c·|x| on output (`C_BF16_OUT` for products
+    in bf16, `C_F32_OUT` for products kept in float32). The norms are float64 sums, so the
+    final 1e-4 margin covers them with room to spare."""
     d = U.shape[1]
     gamma = d * 2.0 ** -24 / (1 - d * 2.0 ** -24)
-    if low is None:
-        nrm = torch.linalg.vector_norm(U, dim=1).double().numpy()
+    if lowf is None:
+        nrm = _norms(U)
         du = np.zeros_like(nrm)
         c = 2.0 ** -24
     else:
-        lowf = low.float()
-        nrm = torch.linalg.vector_norm(lowf, dim=1).double().numpy()
-        du = torch.linalg.vector_norm(U - lowf, dim=1).double().numpy()  # U - lowf is exact in float32
-        c = _C_BF16
+        nrm = _norms(lowf)
+        du = np.empty_like(nrm)
+        step = 4096
+        for s in range(0, U.shape[0], step):
+            du[s:s + step] = _norms(U[s:s + step] - lowf[s:s + step])  # exact in float32
     n_max = float(nrm.max(initial=0.0))
     d_max = float(du.max(initial=0.0))
     E = nrm * d_max + du * n_max + du * d_max + gamma * nrm * n_max + _RESCORE_ERR
@@ -220,17 +251,19 @@ def _spans(n: int, parts: int) -> list[tuple[int, int]]:
     return [(s, min(s + step, n)) for s in range(0, n, step)] if n else []
 
 
-def exact_from_candidates(U: torch.Tensor, low: Optional[torch.Tensor], vals: np.ndarray, idx: np.ndarray, k: int,
-                          *, list_width: Optional[int] = None, threads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def exact_topk(Uc: np.ndarray, lowf: Optional[np.ndarray], vals: np.ndarray, idx: np.ndarray, k: int, *,
+               products: Products, c: float = C_BF16_OUT, list_width: Optional[int] = None,
+               threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Each row's exact float32 top k (self excluded, sorted: value descending, ties by lower id)
-    of unit-row U (all valid), from its approximate list (vals/idx, idx < 0 empty) of the
-    products of `low` (U in bfloat16; None: float32 products): one list of the best a row, or
-    several lists over disjoint columns side by side (the Ray engine's tiles), `list_width`
-    each (default: the whole width, one list). A row the lists cannot settle takes its
-    candidates from its whole row of products instead."""
+    of unit-row Uc (float32, C-contiguous, all valid), from its approximate list (vals/idx,
+    idx < 0 empty) of the products of `lowf` (Uc rounded to bf16, as float32; None: float32
+    products), each rounded by at most c·|x| on output (`row_bounds`): one list of the best a
+    row, or several lists over disjoint columns side by side (the Ray engine's tiles),
+    `list_width` each (default: the whole width, one list). A row the lists cannot settle takes
+    its candidates from its whole row of products instead: `products(rows)` gives them, float32
+    (len(rows) x n), computed as the pass computed its own."""
     cand_k, _, rescore_k = _kernels()
-    E, c = row_bounds(U, low)
-    Uc = np.ascontiguousarray(U.numpy())
+    E, c = row_bounds(Uc, lowf, c=c)
     n = Uc.shape[0]
     vals = np.ascontiguousarray(vals, dtype=np.float32)
     idx = np.ascontiguousarray(idx, dtype=np.int64)
@@ -251,30 +284,43 @@ def exact_from_candidates(U: torch.Tensor, low: Optional[torch.Tensor], vals: np
         list(pool.map(rescore, _spans(settled.size, threads)))
     unsettled = np.flatnonzero(count < 0)
     if unsettled.size:
-        _whole_rows(U, low, unsettled, k, E, c, out_v, out_i)
+        _whole_rows(Uc, products, unsettled, k, E, c, out_v, out_i)
+    return out_v, out_i
+
+
+def exact_from_candidates(U: "torch.Tensor", low: Optional["torch.Tensor"], vals: np.ndarray, idx: np.ndarray, k: int,
+                          *, list_width: Optional[int] = None, threads: int = 1) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """`exact_topk` for torch's candidate passes: U float32 unit rows, `low` U in bfloat16 whose
+    products were rounded to bf16 (torch's bf16 `mm`; None: float32 products). Torch tensors out."""
+    import torch
+
+    M = U if low is None else low
+
+    def products(rows: np.ndarray) -> np.ndarray:
+        return (M[torch.from_numpy(rows)] @ M.T).float().numpy()
+
+    lowf = None if low is None else np.ascontiguousarray(low.float().numpy())
+    out_v, out_i = exact_topk(np.ascontiguousarray(U.numpy()), lowf, vals, idx, k, products=products,
+                              c=C_BF16_OUT, list_width=list_width, threads=threads)
     return torch.from_numpy(out_v), torch.from_numpy(out_i)
 
 
-def _whole_rows(U: torch.Tensor, low: Optional[torch.Tensor], rows: np.ndarray, k: int, E: np.ndarray, c: float,
+def _whole_rows(Uc: np.ndarray, products: Products, rows: np.ndarray, k: int, E: np.ndarray, c: float,
                 out_v: np.ndarray, out_i: np.ndarray) -> None:
     """Rows whose list was not provably complete (near-duplicates, dense clusters): the products
     with every row, thresholded by the same bound (no list size limit), rescored as the others."""
     _, thresholds_k, rescore_k = _kernels()
-    Uc = np.ascontiguousarray(U.numpy())
-    M = U if low is None else low
-    n = U.shape[0]
+    n = Uc.shape[0]
     kk = min(k, n - 1)
     chunk = max(1, (64 << 20) // (4 * max(1, n)))
     for s in range(0, rows.size, chunk):
         rr = rows[s:s + chunk]
-        rt = torch.from_numpy(rr)
-        S = (M[rt] @ M.T).float()
-        S[torch.arange(rr.size), rt] = float("-inf")
-        kth = torch.topk(S, kk, dim=1).values[:, -1].numpy().astype(np.float32)
+        Sn = np.array(products(rr), dtype=np.float32, copy=True)
+        Sn[np.arange(rr.size), rr] = -np.inf
+        kth = np.partition(Sn, n - kk, axis=1)[:, n - kk].astype(np.float32)
         T = np.empty(rr.size, dtype=np.float64)
         thresholds_k(kth, E[rr], c, T)
-        Sn = S.numpy()
-        mask = Sn >= torch.from_numpy(T).float().nextafter(torch.tensor(float("-inf"))).numpy()[:, None]
+        mask = Sn >= np.nextafter(T.astype(np.float32), np.float32(-np.inf))[:, None]
         lists = [np.flatnonzero(m) for m in mask]
         width = max(1, max(len(x) for x in lists))
         cand = np.full((rr.size, width), -1, dtype=np.int64)

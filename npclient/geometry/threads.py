@@ -23,6 +23,8 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
+from .exclusive import run_pairs_exclusive
+
 __all__ = ["cpu_threads", "run_exclusive", "torch_single_threaded"]
 
 Progress = Optional[Callable[[int, int], None]]
@@ -59,56 +61,7 @@ def torch_single_threaded() -> Iterator[int]:
 
 def run_exclusive(pairs: list[tuple[int, int]], fn: Callable, T: int, cap: int, progress: Progress) -> None:
     """Run fn(pair, scratch) for every pair on T threads, never two pairs that share a block at
-    the same time, taking pairs in list order where possible. torch runs single-threaded
-    meanwhile (each thread is one core's worth of GEMM); progress is reported from this thread."""
-    import queue
-
-    pending = list(pairs)
-    busy: set[int] = set()
-    cond = threading.Condition()
-    events: "queue.Queue[Optional[BaseException]]" = queue.Queue()
-    failed: list[BaseException] = []
-
-    def worker() -> None:
-        sbuf = torch.empty(cap, dtype=torch.float32)
-        while True:
-            with cond:
-                while True:
-                    if not pending or failed:
-                        return
-                    pick = next((p for p in pending if p[0] not in busy and p[1] not in busy), None)
-                    if pick is not None:
-                        pending.remove(pick)
-                        busy.update(pick)
-                        break
-                    cond.wait()
-            err: Optional[BaseException] = None
-            try:
-                fn(pick, sbuf)
-            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-                err = e
-            with cond:
-                busy.difference_update(pick)
-                if err is not None:
-                    failed.append(err)
-                cond.notify_all()
-            events.put(err)
-
-    threads = [threading.Thread(target=worker, name=f"npclient-knn-{t}", daemon=True) for t in range(T)]
+    the same time (`exclusive.run_pairs_exclusive`), each thread with a float32 scratch tensor
+    of `cap` elements. torch runs single-threaded meanwhile (each thread is one core's worth of GEMM)."""
     with torch_single_threaded():
-        try:
-            for t in threads:
-                t.start()
-            for done in range(1, len(pairs) + 1):
-                err = events.get()
-                if err is not None:
-                    raise err
-                if progress is not None:
-                    progress(done, len(pairs))
-        finally:
-            with cond:
-                if len(failed) == 0 and pending:
-                    failed.append(RuntimeError("interrupted"))
-                cond.notify_all()
-            for t in threads:
-                t.join()
+        run_pairs_exclusive(pairs, fn, T, lambda: torch.empty(cap, dtype=torch.float32), progress)

@@ -305,6 +305,27 @@ def decoder(db: Database, source: SourceId | str, device: Any = None, dtype: Any
     import numpy as np
     import torch
 
+    record, array = _mapped(db, source)
+    if record.dtype == "bfloat16":
+        tensor = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    else:
+        tensor = torch.from_numpy(array)
+    if device is not None or dtype is not None:
+        tensor = tensor.to(device=device, dtype=_torch_dtype(dtype))
+    return tensor
+
+
+def decoder_array(db: Database, source: SourceId | str) -> Optional[Any]:
+    """The float32 decoder of `source` as a numpy array (memory-mapped, copy-on-write), without
+    torch; None where it was attached in bfloat16 (numpy has no such dtype: use `decoder`)."""
+    record, array = _mapped(db, source)
+    return None if record.dtype == "bfloat16" else array
+
+
+def _mapped(db: Database, source: SourceId | str) -> tuple[WeightsRecord, Any]:
+    """The weights record of `source` and its decoder copy, memory-mapped and checked against it."""
+    import numpy as np
+
     record = _require(db, source)
     try:
         array = np.load(record.decoder_path, mmap_mode="c")
@@ -315,13 +336,7 @@ def decoder(db: Database, source: SourceId | str, device: Any = None, dtype: Any
             f"the decoder copy {record.decoder_path} has shape {array.shape}, the mirror recorded "
             f"({record.d_sae}, {record.d_in}); run `np-mirror weights add` again"
         )
-    if record.dtype == "bfloat16":
-        tensor = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
-    else:
-        tensor = torch.from_numpy(array)
-    if device is not None or dtype is not None:
-        tensor = tensor.to(device=device, dtype=_torch_dtype(dtype))
-    return tensor
+    return record, array
 
 
 def decoder_norms(db: Database, source: SourceId | str) -> Any:
