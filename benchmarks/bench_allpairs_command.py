@@ -5,9 +5,10 @@ count (`--threads`, default 2: OMP_NUM_THREADS/MKL_NUM_THREADS for both, and
 `faiss.omp_set_num_threads` in the faiss script):
 
 - ours: `np-mirror geometry allpairs MODEL/SOURCE -k 25 --db M.duckdb` exactly as typed:
-  interpreter start-up and imports (typer, npclient, torch, numba), opening the mirror, reading
+  interpreter start-up and imports (typer, npclient, numba; on an AMX CPU not torch, whose MKL
+  the command loads with ctypes: `geometry/cpu_allpairs.py`), opening the mirror, reading
   the attached decoder (the `.npy` copy `weights add` made, memory-mapped), numba loading its
-  cached kernel, the exact all-pairs search, writing the `neighbors` table (k rows per feature)
+  cached kernels, the exact all-pairs search, writing the `neighbors` table (k rows per feature)
   and printing the first 30 rows joined with both features' explanations.
 - faiss: `python faiss_allpairs.py DECODER.npy OUT`: interpreter start-up, `import numpy,
   faiss`, `np.load` of the same decoder file, normalising the rows, `IndexFlatIP` add +
@@ -80,11 +81,14 @@ def timed(owner, name, label):
 from np_mirror.app import main  # not run(): it ends the process without returning
 marks["imports: CLI (typer, npclient)"] = time.perf_counter() - T0
 t = time.perf_counter()
-import npclient.geometry.api, npclient.geometry.symmetric as sym
+import npclient.geometry.api, npclient.geometry.jobs as jobs, npclient.geometry.cpu_allpairs as cpu
 import npclient.mirror as mm, npclient.store.results as res
-marks["imports: geometry (torch)"] = time.perf_counter() - t
+marks["imports: mirror, geometry (duckdb, pyarrow; not torch)"] = time.perf_counter() - t
+timed(mm.Mirror, "decoder_array", "read the decoder (mmap)")
 timed(mm.Mirror, "decoder", "read the decoder (mmap)")
-timed(sym, "all_pairs_topk", "all_pairs_topk (numba loads its kernel + search)")
+timed(cpu, "available", "load numba and MKL (torch's CPU library, no import torch)")
+timed(cpu, "all_pairs_arrays", "torch-free all-pairs (numba loads its kernels + search)")
+timed(jobs, "compute_all_pairs", "all_pairs_topk (the torch path: import torch + search)")
 timed(res, "save_neighbors", "write the neighbors table")
 timed(npclient.geometry.api, "stored_neighbors", "read back 30 rows + explanations")
 sys.argv = ["np-mirror", *sys.argv[1:]]
@@ -95,7 +99,7 @@ except SystemExit:
     pass
 marks["command (after imports)"] = time.perf_counter() - t
 marks["end"] = time.perf_counter() - T0
-heavy = [m for m in ("pandas", "scipy", "pyarrow.dataset", "sae_lens", "ray") if m in sys.modules]
+heavy = [m for m in ("torch", "pandas", "scipy", "pyarrow.dataset", "sae_lens", "ray") if m in sys.modules]
 print("PHASES " + repr(marks), file=sys.stderr)
 print("LOADED " + ",".join(heavy), file=sys.stderr)
 import atexit, os  # end as the command's run() ends (exit handlers, no module teardown)
@@ -272,9 +276,11 @@ def main() -> None:
             phases["start-up + exit (interpreter teardown)"] = prof_wall - phases["end"]
         heavy = next((line[len("LOADED "):] for line in prof_err.splitlines() if line.startswith("LOADED ")), "")
         print(f"\nwhere ours spends its time (one instrumented run, {prof_wall:.2f} s spawn to exit; "
-              f"also imported: {heavy or 'none of pandas, scipy, pyarrow.dataset, sae_lens, ray'}):")
+              f"also imported: {heavy or 'none of torch, pandas, scipy, pyarrow.dataset, sae_lens, ray'}):")
         if phases:
-            inside = ("read the decoder (mmap)", "all_pairs_topk (numba loads its kernel + search)",
+            inside = ("read the decoder (mmap)", "load numba and MKL (torch's CPU library, no import torch)",
+                      "torch-free all-pairs (numba loads its kernels + search)",
+                      "all_pairs_topk (the torch path: import torch + search)",
                       "write the neighbors table", "read back 30 rows + explanations")
             phases["  of which the rest (parsing, mirror open, lazy imports, printing)"] = (
                 phases["command (after imports)"] - sum(phases.get(key, 0.0) for key in inside))

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["Prefilter", "resolve_prefilter", "slots", "row_bounds", "exact_topk", "exact_from_candidates",
            "C_BF16_OUT", "C_F32_OUT"]
 
-Products = Callable[[np.ndarray], np.ndarray]
+Products = Callable[[np.ndarray], np.ndarray]  # rows -> a new float32 array of their products with every row
 
 Prefilter = Literal["auto", "bfloat16", "none"]
 _PREFILTERS = ("auto", "bfloat16", "none")
@@ -315,7 +315,7 @@ def _whole_rows(Uc: np.ndarray, products: Products, rows: np.ndarray, k: int, E:
     chunk = max(1, (64 << 20) // (4 * max(1, n)))
     for s in range(0, rows.size, chunk):
         rr = rows[s:s + chunk]
-        Sn = np.array(products(rr), dtype=np.float32, copy=True)
+        Sn = np.asarray(products(rr), dtype=np.float32)  # a new array (`Products`): changed in place
         Sn[np.arange(rr.size), rr] = -np.inf
         kth = np.partition(Sn, n - kk, axis=1)[:, n - kk].astype(np.float32)
         T = np.empty(rr.size, dtype=np.float64)
