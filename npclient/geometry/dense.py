@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .heap_kernel import bound_groups
 from .merge import _NEG, _Running, _order_key
 
 
@@ -76,11 +77,10 @@ def _lower_bounds(S: torch.Tensor, k: int, dim: int) -> Optional[torch.Tensor]:
     k-th largest of the maxima of G >= 2k disjoint groups (k group maxima are k distinct
     entries, all >= it). One cheap pass instead of a full `topk`; None when S is too small
     along `dim` or the bound is -inf (masked entries), where the caller takes the dense path."""
-    L = S.shape[dim]
-    G = min(L // 2, max(2 * k, 4 * k if L >= 64 * k else 2 * k))
-    if G < 2 * k or G < 1:
+    G = bound_groups(S.shape[dim], k)
+    if G is None:
         return None
-    g = L // G
+    g = S.shape[dim] // G
     if dim == 1:
         M = S[:, : G * g].unflatten(1, (G, g)).amax(2)
     else:

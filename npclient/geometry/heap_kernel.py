@@ -234,13 +234,20 @@ def _floor(h: _Heaps, S: Any, r0: int, dim: int) -> np.ndarray:
     return h.none(n) if tt is None else tt.numpy()
 
 
+def bound_groups(L: int, k: int) -> Optional[int]:
+    """The G disjoint groups of L entries whose maxima bound a k-th largest value from below
+    (G >= 2k: enough maxima to choose k of, 4k where groups stay >= 16 wide); None when L is too short."""
+    G = min(L // 2, max(2 * k, 4 * k if L >= 64 * k else 2 * k))
+    return None if G < 2 * k or G < 1 else G
+
+
 def lower_bounds(S: np.ndarray, k: int, dim: int) -> Optional[np.ndarray]:
     """`dense._lower_bounds` on a numpy block: per row (dim=1) or column (dim=0), the k-th
     largest of the maxima of G >= 2k disjoint groups (k group maxima are k distinct entries,
     all >= it); None when S is too small along `dim` or the bound is not finite."""
     L = S.shape[dim]
-    G = min(L // 2, max(2 * k, 4 * k if L >= 64 * k else 2 * k))
-    if G < 2 * k or G < 1:
+    G = bound_groups(L, k)
+    if G is None:
         return None
     g = L // G
     if dim == 1:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Callable, Literal, Optional
 import numpy as np
 
 from ..errors import InvalidOptionError
+from .unit_rows import row_norms
 
 if TYPE_CHECKING:
     import torch
@@ -96,16 +97,6 @@ def slots(k: int, n_others: int, *, lists: int = 1) -> int:
     return max(1, min((2 * int(k) + 16) if lists <= 1 else (int(k) + 8), int(n_others)))
 
 
-def _norms(X: np.ndarray) -> np.ndarray:
-    """Row norms, float64 sums of float32 squares, in slices (no n x d float64 copy)."""
-    out = np.empty(X.shape[0], dtype=np.float64)
-    step = 4096
-    for s in range(0, X.shape[0], step):
-        x = X[s:s + step].astype(np.float64)
-        out[s:s + step] = np.sqrt(np.einsum("ij,ij->i", x, x))
-    return out
-
-
 def row_bounds(U: np.ndarray, lowf: Optional[np.ndarray], *, c: float = C_BF16_OUT) -> tuple[np.ndarray, float]:
     """(E_r for every row, c): |approximate - exact cosine| <= E_r + c·|approximate| for the
     products of `lowf` (U rounded to bf16, as float32; None: a float32 GEMM of U itself, c =
@@ -115,15 +106,15 @@ def row_bounds(U: np.ndarray, lowf: Optional[np.ndarray], *, c: float = C_BF16_O
     d = U.shape[1]
     gamma = d * 2.0 ** -24 / (1 - d * 2.0 ** -24)
     if lowf is None:
-        nrm = _norms(U)
+        nrm = row_norms(U)
         du = np.zeros_like(nrm)
         c = 2.0 ** -24
     else:
-        nrm = _norms(lowf)
+        nrm = row_norms(lowf)
         du = np.empty_like(nrm)
         step = 4096
         for s in range(0, U.shape[0], step):
-            du[s:s + step] = _norms(U[s:s + step] - lowf[s:s + step])  # exact in float32
+            du[s:s + step] = row_norms(U[s:s + step] - lowf[s:s + step])  # exact in float32
     n_max = float(nrm.max(initial=0.0))
     d_max = float(du.max(initial=0.0))
     E = nrm * d_max + du * n_max + du * d_max + gamma * nrm * n_max + _RESCORE_ERR

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["unit_rows"]
+__all__ = ["unit_rows", "row_norms"]
 
 _STEP = 1024
 
@@ -29,7 +29,7 @@ def unit_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for s in range(0, n, _STEP):  # slices that stay in cache
             x = w[s:s + _STEP]
-            norms[s:s + _STEP] = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+            norms[s:s + _STEP] = row_norms(x)
             np.divide(x, norms[s:s + _STEP, None], out=unit[s:s + _STEP])
     invalid = (norms == 0) | np.isnan(norms)
     big = np.isinf(norms)
@@ -38,3 +38,12 @@ def unit_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if invalid.any():
         unit[invalid] = 0.0
     return unit, invalid
+
+
+def row_norms(x: np.ndarray) -> np.ndarray:
+    """Row norms of float32 rows as float64: sums of the squares in float64, slice by slice."""
+    out = np.empty(x.shape[0], dtype=np.float64)
+    for s in range(0, x.shape[0], _STEP):
+        xs = x[s:s + _STEP]
+        out[s:s + _STEP] = np.sqrt(np.einsum("ij,ij->i", xs, xs, dtype=np.float64))
+    return out
