@@ -90,7 +90,7 @@ def test_the_bound_holds_on_every_pair():
     W = random_matrix(500, 96, 11) * np.logspace(-3, 3, 500, dtype=np.float32)[:, None]
     U, _ = normalize_rows(W)
     low = U.bfloat16()
-    lowf = low.float().numpy()
+    bits = low.view(torch.int16).numpy().view(np.uint16)
     y = (U.double() @ U.double().T).numpy()
     products = {pf.C_BF16_OUT: (low @ low.T).float().double().numpy()}
     gemm = mkl_bf16.gemm()
@@ -99,7 +99,7 @@ def test_the_bound_holds_on_every_pair():
         gemm.nt(mkl_bf16.to_bf16_bits(U.numpy()), mkl_bf16.to_bf16_bits(U.numpy()), out)
         products[pf.C_F32_OUT] = out.astype(np.float64)
     for c_out, x in products.items():
-        E, c = pf.row_bounds(U.numpy(), lowf, c=c_out)
+        E, c = pf.row_bounds(U.numpy(), bits, c=c_out)
         assert (np.abs(x - y) <= E[:, None] + c * np.abs(x)).all()
         # and it is not vacuous: well under the cosines' own spread
         assert float(E.max()) < 0.01

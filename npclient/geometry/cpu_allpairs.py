@@ -26,7 +26,7 @@ from ..errors import NPError
 from .exclusive import default_threads, run_pairs_exclusive
 from .heap_kernel import _Heaps, _numba_scan, heap_step
 from .mkl_bf16 import gemm as mkl_gemm
-from .mkl_bf16 import to_bf16_bits, widen_bf16
+from .mkl_bf16 import to_bf16_bits
 from .prefilter import C_F32_OUT, Prefilter, amx_bf16, check_prefilter, exact_topk, slots
 from .unit_rows import unit_rows
 
@@ -97,7 +97,7 @@ def prefiltered_topk(U: np.ndarray, k: int, *, block: int = BLOCK_ROWS, progress
         g.nt(np.ascontiguousarray(low[rows]), low, out)
         return out
 
-    return exact_topk(U, widen_bf16(low), approx_v, approx_i, k, products=products, c=C_F32_OUT, threads=T_all)
+    return exact_topk(U, low, approx_v, approx_i, k, products=products, c=C_F32_OUT, threads=T_all)
 
 
 def all_pairs_arrays(W: np.ndarray, k: int, *, progress: Progress = None, block_rows: Optional[int] = None,

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Callable, Literal, Optional
 import numpy as np
 
 from ..errors import InvalidOptionError
+from .mkl_bf16 import widen_bf16
 from .unit_rows import row_norms
 
 if TYPE_CHECKING:
@@ -97,24 +98,27 @@ def slots(k: int, n_others: int, *, lists: int = 1) -> int:
     return max(1, min((2 * int(k) + 16) if lists <= 1 else (int(k) + 8), int(n_others)))
 
 
-def row_bounds(U: np.ndarray, lowf: Optional[np.ndarray], *, c: float = C_BF16_OUT) -> tuple[np.ndarray, float]:
+def row_bounds(U: np.ndarray, low: Optional[np.ndarray], *, c: float = C_BF16_OUT) -> tuple[np.ndarray, float]:
     """(E_r for every row, c): |approximate - exact cosine| <= E_r + c·|approximate| for the
-    products of `lowf` (U rounded to bf16, as float32; None: a float32 GEMM of U itself, c =
-    2^-24) whose float32 sums are rounded by at most c·|x| on output (`C_BF16_OUT` for products
-    in bf16, `C_F32_OUT` for products kept in float32). The norms are float64 sums, so the
-    final 1e-4 margin covers them with room to spare."""
+    products of `low` (U rounded to bf16, as bf16 bit patterns, uint16; None: a float32 GEMM of
+    U itself, c = 2^-24) whose float32 sums are rounded by at most c·|x| on output (`C_BF16_OUT`
+    for products in bf16, `C_F32_OUT` for products kept in float32). Widened slice by slice (no
+    n x d float32 copy of `low`). The norms are float64 sums, so the final 1e-4 margin covers
+    them with room to spare."""
     d = U.shape[1]
     gamma = d * 2.0 ** -24 / (1 - d * 2.0 ** -24)
-    if lowf is None:
+    if low is None:
         nrm = row_norms(U)
         du = np.zeros_like(nrm)
         c = 2.0 ** -24
     else:
-        nrm = row_norms(lowf)
+        nrm = np.empty(U.shape[0], dtype=np.float64)
         du = np.empty_like(nrm)
         step = 4096
         for s in range(0, U.shape[0], step):
-            du[s:s + step] = row_norms(U[s:s + step] - lowf[s:s + step])  # exact in float32
+            lowf = widen_bf16(low[s:s + step])
+            nrm[s:s + step] = row_norms(lowf)
+            du[s:s + step] = row_norms(U[s:s + step] - lowf)  # exact in float32
     n_max = float(nrm.max(initial=0.0))
     d_max = float(du.max(initial=0.0))
     E = nrm * d_max + du * n_max + du * d_max + gamma * nrm * n_max + _RESCORE_ERR
@@ -242,19 +246,19 @@ def _spans(n: int, parts: int) -> list[tuple[int, int]]:
     return [(s, min(s + step, n)) for s in range(0, n, step)] if n else []
 
 
-def exact_topk(Uc: np.ndarray, lowf: Optional[np.ndarray], vals: np.ndarray, idx: np.ndarray, k: int, *,
+def exact_topk(Uc: np.ndarray, low: Optional[np.ndarray], vals: np.ndarray, idx: np.ndarray, k: int, *,
                products: Products, c: float = C_BF16_OUT, list_width: Optional[int] = None,
                threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Each row's exact float32 top k (self excluded, sorted: value descending, ties by lower id)
     of unit-row Uc (float32, C-contiguous, all valid), from its approximate list (vals/idx,
-    idx < 0 empty) of the products of `lowf` (Uc rounded to bf16, as float32; None: float32
+    idx < 0 empty) of the products of `low` (Uc rounded to bf16, as bit patterns; None: float32
     products), each rounded by at most c·|x| on output (`row_bounds`): one list of the best a
     row, or several lists over disjoint columns side by side (the Ray engine's tiles),
     `list_width` each (default: the whole width, one list). A row the lists cannot settle takes
     its candidates from its whole row of products instead: `products(rows)` gives them, float32
     (len(rows) x n), computed as the pass computed its own."""
     cand_k, _, rescore_k = _kernels()
-    E, c = row_bounds(Uc, lowf, c=c)
+    E, c = row_bounds(Uc, low, c=c)
     n = Uc.shape[0]
     vals = np.ascontiguousarray(vals, dtype=np.float32)
     idx = np.ascontiguousarray(idx, dtype=np.int64)
@@ -290,8 +294,8 @@ def exact_from_candidates(U: "torch.Tensor", low: Optional["torch.Tensor"], vals
     def products(rows: np.ndarray) -> np.ndarray:
         return (M[torch.from_numpy(rows)] @ M.T).float().numpy()
 
-    lowf = None if low is None else np.ascontiguousarray(low.float().numpy())
-    out_v, out_i = exact_topk(np.ascontiguousarray(U.numpy()), lowf, vals, idx, k, products=products,
+    bits = None if low is None else low.contiguous().view(torch.int16).numpy().view(np.uint16)
+    out_v, out_i = exact_topk(np.ascontiguousarray(U.numpy()), bits, vals, idx, k, products=products,
                               c=C_BF16_OUT, list_width=list_width, threads=threads)
     return torch.from_numpy(out_v), torch.from_numpy(out_i)
 
