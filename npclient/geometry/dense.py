@@ -5,8 +5,8 @@
   the common case.
 - "threshold" (CPU without numba): group maxima find the entries at or above each row's
   (column's) current k-th value (`_find`, `_find_cols`), which are scattered into a small padded
-  matrix and merged (`_scatter`, `_threshold`). Cold rows use `_lower_bounds` (also the heap
-  kernel's floor).
+  matrix and merged (`_scatter`, `_threshold`). Cold rows use `_lower_bounds` (the heap
+  kernel's floor is its numpy twin, `heap_kernel.lower_bounds`, with the same groups).
 """
 
 from __future__ import annotations

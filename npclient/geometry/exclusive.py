@@ -21,13 +21,12 @@ Progress = Optional[Callable[[int, int], None]]
 
 
 def default_threads() -> int:
-    """Worker threads where the caller said nothing: torch's count if torch is loaded, else
-    OMP_NUM_THREADS, else the cores this process may run on."""
+    """Worker threads where the caller said nothing: torch's count if torch is loaded (torch's
+    callers pass `threads.cpu_threads()` themselves), else OMP_NUM_THREADS, else the cores this
+    process may run on."""
     torch = sys.modules.get("torch")
     if torch is not None:
-        from .threads import cpu_threads
-
-        return cpu_threads()
+        return max(1, int(torch.get_num_threads()))
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)

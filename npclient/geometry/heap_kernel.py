@@ -220,18 +220,13 @@ def _query_block(K: np.ndarray, Q: np.ndarray, base: int, ex: np.ndarray, h: _He
 
 
 def _floor(h: _Heaps, S: Any, r0: int, dim: int) -> np.ndarray:
-    """Lower bounds for the heap rows fed by S (a torch tensor or a numpy array) along `dim`
-    while they are not yet full."""
+    """Lower bounds for the heap rows fed by S (a numpy array, or a CPU torch tensor) along
+    `dim` while they are not yet full."""
     n = S.shape[0] if dim == 1 else S.shape[1]
     if not h.cold(r0, r0 + n):
         return h.none(n)
-    if isinstance(S, np.ndarray):
-        t = lower_bounds(S, h.k, dim)
-        return h.none(n) if t is None else t
-    from .dense import _lower_bounds
-
-    tt = _lower_bounds(S, h.k, dim)
-    return h.none(n) if tt is None else tt.numpy()
+    t = lower_bounds(S if isinstance(S, np.ndarray) else S.numpy(), h.k, dim)
+    return h.none(n) if t is None else t
 
 
 def bound_groups(L: int, k: int) -> Optional[int]:
