@@ -203,3 +203,28 @@ def test_the_allpairs_command_skips_torch_where_it_can_and_stores_the_same_table
     ref = all_pairs_topk(W, 25)
     assert np.array_equal(np.asarray(rows["neighbor_index"]).reshape(-1, 25), ref.indices.numpy())
     assert np.array_equal(np.asarray(rows["cosine"]).reshape(-1, 25), ref.values.numpy().astype(np.float64))
+
+
+def test_a_gpu_torch_could_pick_keeps_the_call_on_torch(monkeypatch):
+    import importlib.metadata
+
+    from npclient.geometry import jobs
+
+    monkeypatch.setattr(os.path, "exists", lambda p: p == "/dev/nvidiactl")
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "2.13.0+cpu")
+    assert cpu_allpairs.gpu_possible() is False  # a CPU build of torch never finds it
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "2.13.0")
+    assert cpu_allpairs.gpu_possible() is True
+    # what the torch-free path declines before it reads anything (mirror None: never touched)
+    sid = jobs._sid("m/0-x")
+    common = dict(progress=None, block_rows=None)
+    assert jobs._torch_free(None, sid, 25, engine="local", device=None, dtype=None, **common) is None  # torch loaded here
+    monkeypatch.delitem(sys.modules, "torch")
+    try:
+        assert jobs._torch_free(None, sid, 25, engine="local", device=None, dtype=None, **common) is None  # a GPU
+        assert jobs._torch_free(None, sid, 25, engine="local", device="cuda", dtype=None, **common) is None
+        assert jobs._torch_free(None, sid, 25, engine="ray", device=None, dtype=None, **common) is None
+        assert jobs._torch_free(None, sid, 25, engine="local", device="cpu", dtype="bfloat16", **common) is None
+    finally:
+        monkeypatch.undo()
+    assert "torch" in sys.modules

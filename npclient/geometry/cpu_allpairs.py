@@ -47,9 +47,16 @@ def available(prefilter: str = "auto") -> bool:
 
 
 def gpu_possible() -> bool:
-    """Whether torch could find a GPU here (an NVIDIA or AMD device node): then a call without a
-    device belongs to torch, which picks it."""
-    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/kfd")
+    """Whether torch could find a GPU here (an NVIDIA or AMD device node, and a torch build other
+    than "+cpu"): then a call without a device belongs to torch, which picks it."""
+    if not (os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/kfd")):
+        return False
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return not version("torch").endswith("+cpu")
+    except PackageNotFoundError:
+        return True
 
 
 def prefiltered_topk(U: np.ndarray, k: int, *, block: int = BLOCK_ROWS, progress: Progress = None,
