@@ -6,8 +6,9 @@ kernels). Loading that one library with ctypes takes ~0.25 s on this project's X
 `import torch` takes 1.5-2.3 s of Python-level imports (`torch._meta_registrations`,
 `torch._decomp`, `torch.nn`, `torch.export`) that a one-shot all-pairs never uses: that is most
 of the gap between the `np-mirror geometry allpairs` command and the kernel inside it. The
-float32 output also spares the bf16 rounding of torch's bf16 `mm` (and its widening copy), and
-MKL's kernel ran ~390 GFLOP/s a core here against ~260 for torch's bf16 `mm`.
+float32 output also spares the bf16 rounding of torch's bf16 `mm` (and its widening copy), which
+tightens the prefilter's bound. MKL's kernel is the slower of the two here (~0.7x torch's oneDNN
+`mm`, measured in one process): worth it only where torch is not loaded yet.
 
 `gemm()` is None where the library or the symbol is missing (a torch build without MKL: ARM,
 macOS), and callers take the torch path. ctypes releases the GIL for the call, so worker threads
