@@ -86,17 +86,11 @@ def prefiltered_topk(U: np.ndarray, k: int, *, block: int = BLOCK_ROWS, progress
         heap_step(products_into, sbuf, h, r0, min(r0 + block, n), c0, min(c0 + block, n), row_off=r0, col_off=c0)
 
     def scratch() -> np.ndarray:
-        g.single_threaded_here()  # each worker is one core's worth of GEMM
+        if T > 1:
+            g.single_threaded_here()  # each worker is one core's worth of GEMM (alone, MKL's own threads)
         return np.empty(cap, dtype=np.float32)
 
-    if T <= 1:
-        sbuf = np.empty(cap, dtype=np.float32)
-        for done, pair in enumerate(pairs, 1):
-            run_pair(pair, sbuf)
-            if progress is not None:
-                progress(done, len(pairs))
-    else:
-        run_pairs_exclusive(pairs, run_pair, T, scratch, progress)
+    run_pairs_exclusive(pairs, run_pair, T, scratch, progress)
     approx_v, approx_i = h.arrays()
 
     def products(rows: np.ndarray) -> np.ndarray:

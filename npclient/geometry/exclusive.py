@@ -40,7 +40,15 @@ def run_pairs_exclusive(pairs: list[tuple[int, int]], fn: Callable[[tuple[int, i
                         scratch: Callable[[], Any], progress: Progress) -> None:
     """Run fn(pair, scratch) for every pair on T threads (each with its own `scratch()`), never two
     pairs that share a block at the same time, taking pairs in list order where possible; the
-    first error stops the rest and is raised here. Progress is reported from this thread."""
+    first error stops the rest and is raised here. Progress is reported from this thread. T <= 1
+    runs the pairs in order in this thread (one scratch)."""
+    if T <= 1:
+        sbuf = scratch()
+        for done, pair in enumerate(pairs, 1):
+            fn(pair, sbuf)
+            if progress is not None:
+                progress(done, len(pairs))
+        return
     pending = list(pairs)
     busy: set[int] = set()
     cond = threading.Condition()

@@ -131,13 +131,6 @@ def _symmetric_heap(U: torch.Tensor, k: int, block: int, progress: Progress) -> 
         r0, c0 = starts[pair[0]], starts[pair[1]]
         heap_pair(U, sbuf, h, r0, min(r0 + block, nv), c0, min(c0 + block, nv), row_off=r0, col_off=c0)
 
-    if T <= 1:
-        sbuf = torch.empty(cap, dtype=torch.float32)
-        for done, pair in enumerate(pairs, 1):
-            run_pair(pair, sbuf)
-            if progress is not None:
-                progress(done, len(pairs))
-        return h.result()
     run_exclusive(pairs, run_pair, T, cap, progress)
     return h.result()
 

@@ -62,6 +62,11 @@ def torch_single_threaded() -> Iterator[int]:
 def run_exclusive(pairs: list[tuple[int, int]], fn: Callable, T: int, cap: int, progress: Progress) -> None:
     """Run fn(pair, scratch) for every pair on T threads, never two pairs that share a block at
     the same time (`exclusive.run_pairs_exclusive`), each thread with a float32 scratch tensor
-    of `cap` elements. torch runs single-threaded meanwhile (each thread is one core's worth of GEMM)."""
+    of `cap` elements. torch runs single-threaded meanwhile (each thread is one core's worth of
+    GEMM); T <= 1 runs them in this thread with torch's own thread count."""
+    scratch = lambda: torch.empty(cap, dtype=torch.float32)  # noqa: E731
+    if T <= 1:
+        run_pairs_exclusive(pairs, fn, T, scratch, progress)
+        return
     with torch_single_threaded():
-        run_pairs_exclusive(pairs, fn, T, lambda: torch.empty(cap, dtype=torch.float32), progress)
+        run_pairs_exclusive(pairs, fn, T, scratch, progress)
