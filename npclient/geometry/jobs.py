@@ -86,12 +86,10 @@ def _torch_free(mirror: "Mirror", sid: SourceId, k: int, *, engine: str, device:
 
     if (device is None and cpu_allpairs.gpu_possible()) or (device is not None and str(device) != "cpu"):
         return None  # torch picks a GPU if it finds one
-    if not cpu_allpairs.available():
-        return None
     W = mirror.decoder_array(sid)
     if W is None:
         return None
-    return cpu_allpairs.all_pairs_arrays(W, k, progress=progress, block_rows=block_rows)
+    return cpu_allpairs.all_pairs_arrays(W, k, progress=progress, block_rows=block_rows)  # None if not `available()`
 
 
 @dataclass
